@@ -1,0 +1,1 @@
+//! liaison-node

@@ -1,0 +1,206 @@
+//! Every wire constant of protocol version 1, with its unit and the reason for its value.
+//!
+//! `docs/protocol.md` uses the same names. Changing any value here changes the protocol.
+
+use std::time::Duration;
+
+/// Protocol version carried in cards and hop `READY` frames.
+pub const PROTOCOL_VERSION: u8 = 1;
+
+/// QUIC ALPN of every hop (node to node, node to relay). TLS 1.3 only.
+pub const ALPN: &[u8] = b"liaison/1";
+
+/// TLS server name every hop uses. Names are never checked: peers are pinned by SPKI.
+pub const HOP_SERVER_NAME: &str = "liaison.invalid";
+
+/// Noise protocol of live sessions.
+pub const NOISE_PARAMS: &str = "Noise_KKpsk2_25519_ChaChaPoly_SHA256";
+
+/// Noise protocol of sealed mailbox envelopes.
+pub const MAILBOX_NOISE_PARAMS: &str = "Noise_Kpsk0_25519_ChaChaPoly_SHA256";
+
+/// Name of the post-quantum KEM mixed into every handshake (FIPS 203).
+pub const PQ_KEM_NAME: &str = "ML-KEM-768";
+
+/// First bytes of the live-session prologue:
+/// `"liaison/1" || NOISE_PARAMS || PQ_KEM_NAME || id_initiator || id_responder`.
+pub const PROLOGUE_LABEL: &[u8] = b"liaison/1";
+
+/// HKDF info label of the hybrid psk2 (followed by `ek || ct`).
+pub const PQ_PSK_INFO: &[u8] = b"liaison/1 pq-psk";
+
+/// Domain separation for card signatures (followed by the encoded card body).
+pub const CARD_SIG_CONTEXT: &[u8] = b"liaison/1 card";
+
+/// Domain separation for mailbox key signatures.
+pub const MAILBOX_KEY_SIG_CONTEXT: &[u8] = b"liaison/1 mailbox-key";
+
+/// Prefix of a card's one-line text form.
+pub const CARD_TEXT_PREFIX: &str = "liaison-card:";
+
+/// Prefix of a relay card's one-line text form.
+pub const RELAY_CARD_TEXT_PREFIX: &str = "liaison-relay:";
+
+/// Ed25519 / X25519 public key length, bytes.
+pub const KEY_LEN: usize = 32;
+/// Ed25519 signature length, bytes.
+pub const SIG_LEN: usize = 64;
+/// ML-KEM-768 encapsulation key length, bytes (FIPS 203 table 3).
+pub const MLKEM_EK_LEN: usize = 1184;
+/// ML-KEM-768 ciphertext length, bytes.
+pub const MLKEM_CT_LEN: usize = 1088;
+/// ML-KEM decapsulation key seed (d || z), bytes.
+pub const MLKEM_SEED_LEN: usize = 64;
+/// Mailbox key id: `SHA-256(x25519_pub || ek)[..8]`.
+pub const MAILBOX_KEY_ID_LEN: usize = 8;
+/// Length of a pairing secret, bytes.
+pub const PAIRING_SECRET_LEN: usize = 32;
+
+/// Largest Noise message, bytes, tag included (Noise spec §3).
+pub const NOISE_MAX_MSG: usize = 65_535;
+/// ChaChaPoly tag, bytes.
+pub const NOISE_TAG_LEN: usize = 16;
+/// Largest plaintext of one Noise transport message, bytes.
+pub const MAX_PLAINTEXT: usize = NOISE_MAX_MSG - NOISE_TAG_LEN;
+/// Noise ephemeral public key length, bytes.
+pub const NOISE_DH_LEN: usize = 32;
+
+/// TAI64N timestamp length (8 bytes seconds + 4 bytes nanoseconds, big-endian), bytes.
+pub const TAI64N_LEN: usize = 12;
+/// Message 1 payload: `ek (1184) || ts TAI64N (12)`.
+pub const HS_INIT_PAYLOAD_LEN: usize = MLKEM_EK_LEN + TAI64N_LEN;
+/// Noise message 1 of KKpsk2: `e (32) || encrypted payload (1196 + 16)`.
+pub const HS_MSG1_LEN: usize = NOISE_DH_LEN + HS_INIT_PAYLOAD_LEN + NOISE_TAG_LEN;
+/// Largest message 2 payload (inner frames, e.g. a mailbox key), bytes.
+pub const MAX_HS_RESP_PAYLOAD: usize = 4096;
+/// Smallest Noise message 2: `e (32) || tag (16)`.
+pub const HS_MSG2_MIN_LEN: usize = NOISE_DH_LEN + NOISE_TAG_LEN;
+/// Largest Noise message 2.
+pub const HS_MSG2_MAX_LEN: usize = HS_MSG2_MIN_LEN + MAX_HS_RESP_PAYLOAD;
+
+/// Blob kinds (first byte of every blob).
+pub const BLOB_HS_INIT: u8 = 0x01;
+/// Handshake response blob.
+pub const BLOB_HS_RESP: u8 = 0x02;
+/// Transport data blob.
+pub const BLOB_DATA: u8 = 0x03;
+/// Sealed mailbox envelope blob.
+pub const BLOB_ENVELOPE: u8 = 0x04;
+
+/// `HS_INIT` blob: `0x01 || sender_idx u32 || msg1`.
+pub const HS_INIT_BLOB_LEN: usize = 1 + 4 + HS_MSG1_LEN;
+/// `HS_RESP` header: `0x02 || sender_idx u32 || receiver_idx u32 || ct`.
+pub const HS_RESP_HEADER_LEN: usize = 1 + 4 + 4 + MLKEM_CT_LEN;
+/// `DATA` header: `0x03 || receiver_idx u32 || nonce u64`.
+pub const DATA_HEADER_LEN: usize = 1 + 4 + 8;
+/// `ENVELOPE` header: `0x04 || key_id (8) || mlkem_ct (1088)`.
+pub const ENVELOPE_HEADER_LEN: usize = 1 + MAILBOX_KEY_ID_LEN + MLKEM_CT_LEN;
+/// Largest blob of any kind, bytes (an envelope carrying a full Noise message).
+pub const MAX_BLOB_LEN: usize = ENVELOPE_HEADER_LEN + NOISE_MAX_MSG;
+
+/// Hop frame header: `len u32 (of type + body) || type u8`.
+pub const HOP_HEADER_LEN: usize = 5;
+/// Largest hop frame body (type byte included), bytes: a DELIVER carrying the largest blob.
+pub const MAX_HOP_FRAME_LEN: usize = 1 + 16 + 16 + MAX_BLOB_LEN;
+/// Most inbox ids in one `SUBSCRIBE` frame.
+pub const MAX_SUBSCRIBE_INBOXES: usize = 1024;
+/// Inbox id length, bytes.
+pub const INBOX_ID_LEN: usize = 16;
+/// Envelope id length (`SHA-256(blob)[..16]`), bytes.
+pub const ENVELOPE_ID_LEN: usize = 16;
+/// Inbox epoch length: inbox ids change daily.
+pub const INBOX_EPOCH_SECS: u64 = 86_400;
+/// Receivers subscribe to epochs `[e - INBOX_PAST_EPOCHS, e + INBOX_FUTURE_EPOCHS]`.
+pub const INBOX_PAST_EPOCHS: u32 = 8;
+/// See [`INBOX_PAST_EPOCHS`].
+pub const INBOX_FUTURE_EPOCHS: u32 = 1;
+
+/// Inner frame header: `type u8 || len u16`.
+pub const FRAME_HEADER_LEN: usize = 3;
+/// Inner frame types. 0x00 starts padding: every following byte must be zero.
+pub const FRAME_PAD: u8 = 0x00;
+/// A fragment of a user message.
+pub const FRAME_MSG: u8 = 0x01;
+/// Cumulative acknowledgement.
+pub const FRAME_ACK: u8 = 0x02;
+/// A signed mailbox key.
+pub const FRAME_MBOX_KEY: u8 = 0x03;
+/// A rotated contact card.
+pub const FRAME_CARD: u8 = 0x04;
+/// Closing the session with a coarse reason.
+pub const FRAME_CLOSE: u8 = 0x05;
+/// An opaque audit-log message (checkpoints, cosignatures, receipts).
+pub const FRAME_AUDIT: u8 = 0x06;
+/// `MSG` frame header: `seq u64 || frag_index u32 || frag_count u32`.
+pub const MSG_FRAME_HEADER_LEN: usize = 16;
+/// Largest fragment payload in one `MSG` frame, bytes.
+pub const MAX_FRAGMENT: usize = MAX_PLAINTEXT - FRAME_HEADER_LEN - MSG_FRAME_HEADER_LEN;
+
+/// Largest message body (text or file), bytes.
+pub const MAX_MESSAGE_BODY: usize = 16 * 1024 * 1024;
+/// Largest file name carried with a file, bytes.
+pub const MAX_FILE_NAME: usize = 255;
+/// Largest encoded message (body plus its header), bytes.
+pub const MAX_MESSAGE_ENCODED: usize = MAX_MESSAGE_BODY + 1024;
+/// Most fragments of one message.
+pub const MAX_FRAGMENTS: u32 = MAX_MESSAGE_ENCODED.div_ceil(MAX_FRAGMENT) as u32;
+/// Salt of a message's audit commitment, bytes.
+pub const MSG_SALT_LEN: usize = 32;
+
+/// Plaintext sizes are padded up to the smallest of these buckets, bytes.
+pub const PAD_BUCKETS: &[usize] = &[
+    64,
+    128,
+    256,
+    512,
+    1024,
+    2048,
+    4096,
+    8192,
+    16384,
+    32768,
+    MAX_PLAINTEXT,
+];
+
+/// Largest card (binary form), bytes.
+pub const MAX_CARD_LEN: usize = 4096;
+/// Largest card name, bytes of UTF-8.
+pub const MAX_NAME_LEN: usize = 64;
+/// Largest address hint, bytes.
+pub const MAX_ADDR_LEN: usize = 255;
+/// Most relay hints in a card.
+pub const MAX_RELAY_HINTS: usize = 4;
+
+/// WireGuard timers (whitepaper §6.1), applied to live sessions.
+/// The current initiator starts a new handshake once a session is this old.
+pub const REKEY_AFTER_TIME: Duration = Duration::from_secs(120);
+/// No message is sent or accepted on a session older than this.
+pub const REJECT_AFTER_TIME: Duration = Duration::from_secs(180);
+/// A new handshake starts after this many messages on a session.
+pub const REKEY_AFTER_MESSAGES: u64 = 1 << 60;
+/// No message is sent or accepted past this nonce.
+pub const REJECT_AFTER_MESSAGES: u64 = u64::MAX - (1 << 13);
+/// A handshake without an answer is retried after this long.
+pub const REKEY_TIMEOUT: Duration = Duration::from_secs(5);
+/// A handshake is abandoned (the peer is away) after trying this long.
+pub const REKEY_ATTEMPT_TIME: Duration = Duration::from_secs(90);
+/// Idle sessions send a keepalive after this long without sending.
+pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+/// At most this many sessions per contact (previous, current, next).
+pub const MAX_SESSIONS_PER_CONTACT: usize = 3;
+/// At most this many message 1s accepted per contact per second.
+pub const MAX_HS_INIT_PER_SEC: u32 = 50;
+/// Width of the per-session anti-replay window, in nonces.
+pub const REPLAY_WINDOW: u64 = 8192;
+
+/// Retransmission timeout of unacknowledged messages: starts here...
+pub const RTO_INITIAL: Duration = Duration::from_secs(1);
+/// ...and doubles up to this.
+pub const RTO_MAX: Duration = Duration::from_secs(30);
+/// Receiver holds at most this many bytes of incomplete or out-of-order messages per contact.
+pub const MAX_REASSEMBLY_BYTES: usize = 2 * MAX_MESSAGE_ENCODED;
+/// Receiver accepts messages at most this far ahead of its delivered sequence number.
+pub const MAX_SEQ_AHEAD: u64 = 4096;
+
+/// A rotated static key stays valid for inbound message 1s this long.
+pub const OLD_STATIC_GRACE: Duration = Duration::from_secs(600);
