@@ -64,7 +64,9 @@ impl HopError {
     pub fn is_tls_refusal(&self) -> bool {
         let conn = match self {
             HopError::Connection(c) => c,
-            HopError::Read(quinn::ReadExactError::ReadError(quinn::ReadError::ConnectionLost(c)))
+            HopError::Read(quinn::ReadExactError::ReadError(quinn::ReadError::ConnectionLost(
+                c,
+            )))
             | HopError::Write(quinn::WriteError::ConnectionLost(c)) => c,
             _ => return false,
         };

@@ -11,8 +11,8 @@ use rustls::DigitallySignedStruct;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
-use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::server::ParsedCertificate;
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::{CertificateError, DistinguishedName, SignatureScheme};
 use sha2::{Digest, Sha256};
 use std::fmt;
@@ -53,7 +53,11 @@ pub struct HopKey {
 
 impl fmt::Debug for HopKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "HopKey(public={:02x?}.., secret=[redacted])", &self.public[..4])
+        write!(
+            f,
+            "HopKey(public={:02x?}.., secret=[redacted])",
+            &self.public[..4]
+        )
     }
 }
 

@@ -1,1 +1,10 @@
-//! liaison-node
+//! Liaison node: the tokio + quinn driver around the sans-IO protocol.
+pub mod store;
+
+pub mod atrest;
+pub mod control;
+pub mod home;
+pub mod keyfile;
+pub mod line_task;
+pub mod node;
+pub mod secrets;

@@ -67,7 +67,13 @@ impl Sender {
             return;
         }
         let frag_count = fragment_count(encoded.len());
-        self.unacked.insert(seq, OutMsg { encoded, frag_count });
+        self.unacked.insert(
+            seq,
+            OutMsg {
+                encoded,
+                frag_count,
+            },
+        );
         match self.cursor {
             None => self.cursor = Some((seq, 0)),
             Some((c, _)) if seq < c => self.cursor = Some((seq, 0)),
@@ -110,11 +116,7 @@ impl Sender {
         let mut n = 0;
         while let Some((seq, idx)) = self.cursor {
             let Some(m) = self.unacked.get(&seq) else {
-                self.cursor = self
-                    .unacked
-                    .range(seq + 1..)
-                    .next()
-                    .map(|(&s, _)| (s, 0));
+                self.cursor = self.unacked.range(seq + 1..).next().map(|(&s, _)| (s, 0));
                 continue;
             };
             let chunk = fragment(&m.encoded, idx);
@@ -125,10 +127,7 @@ impl Sender {
             self.cursor = if idx + 1 < m.frag_count {
                 Some((seq, idx + 1))
             } else {
-                self.unacked
-                    .range(seq + 1..)
-                    .next()
-                    .map(|(&s, _)| (s, 0))
+                self.unacked.range(seq + 1..).next().map(|(&s, _)| (s, 0))
             };
         }
         if n > 0 && self.deadline.is_none() {
@@ -435,10 +434,16 @@ mod tests {
             r.on_fragment(10 + MAX_SEQ_AHEAD + 1, 0, 1, b"x"),
             Ok(FragmentOutcome::Dropped)
         );
-        assert!(r.on_fragment(11, 0, 2, b"short").is_err(), "non-final fragment must be full");
+        assert!(
+            r.on_fragment(11, 0, 2, b"short").is_err(),
+            "non-final fragment must be full"
+        );
         assert!(r.on_fragment(11, 2, 2, b"x").is_err());
         let full = vec![0u8; MAX_FRAGMENT];
-        assert_eq!(r.on_fragment(11, 0, 3, &full), Ok(FragmentOutcome::Incomplete));
+        assert_eq!(
+            r.on_fragment(11, 0, 3, &full),
+            Ok(FragmentOutcome::Incomplete)
+        );
         assert!(r.on_fragment(11, 1, 4, &full).is_err(), "count changed");
         // memory bound: many partial messages never exceed MAX_REASSEMBLY_BYTES
         for seq in 12..12 + 2000 {

@@ -11,13 +11,13 @@
 //!   simultaneous initiation, WireGuard timers, handshake replay protection).
 //! - [`delivery`]: sequence numbers, cumulative acks, retransmission, fragmentation.
 
-pub mod identity;
 pub mod delivery;
 pub mod handshake;
+pub mod identity;
 pub mod keys;
 pub mod line;
-pub mod pq;
-pub mod session;
 pub mod mailbox_key;
 pub mod pairing;
+pub mod pq;
 pub mod safety;
+pub mod session;

@@ -204,13 +204,18 @@ impl Line {
 
     fn new_index(&self) -> u32 {
         loop {
-            let idx = random_bytes::<4>().map(u32::from_le_bytes).unwrap_or_else(|_| {
-                // the OS generator failing is not recoverable here; any fresh value works
-                // for an index (it is not secret), so fall back to a counter-based one
-                self.sessions.len() as u32 ^ 0x5a5a_0000
-            });
+            let idx = random_bytes::<4>()
+                .map(u32::from_le_bytes)
+                .unwrap_or_else(|_| {
+                    // the OS generator failing is not recoverable here; any fresh value works
+                    // for an index (it is not secret), so fall back to a counter-based one
+                    self.sessions.len() as u32 ^ 0x5a5a_0000
+                });
             let taken = self.sessions.iter().any(|s| s.local_idx() == idx)
-                || self.initiation.as_ref().is_some_and(|i| i.sender_idx() == idx);
+                || self
+                    .initiation
+                    .as_ref()
+                    .is_some_and(|i| i.sender_idx() == idx);
             if !taken {
                 return idx;
             }
@@ -299,12 +304,7 @@ impl Line {
 
     /// Handles one blob from the peer. When it returns [`Received::Plaintext`], `plaintext`
     /// holds inner frames.
-    pub fn handle_blob(
-        &mut self,
-        now: Instant,
-        blob: &[u8],
-        plaintext: &mut Vec<u8>,
-    ) -> Received {
+    pub fn handle_blob(&mut self, now: Instant, blob: &[u8], plaintext: &mut Vec<u8>) -> Received {
         let parsed = match Blob::parse(blob) {
             Ok(b) => b,
             Err(_) => {
@@ -430,7 +430,9 @@ impl Line {
                     Received::Plaintext
                 }
             }
-            Err(HandshakeError::Decrypt | HandshakeError::InvalidKem | HandshakeError::Malformed) => {
+            Err(
+                HandshakeError::Decrypt | HandshakeError::InvalidKem | HandshakeError::Malformed,
+            ) => {
                 // keep waiting: a forged answer must not cancel our handshake; the retry
                 // timer starts a new one
                 self.events
@@ -467,7 +469,8 @@ impl Line {
             Ok(()) => {
                 if newly_confirmed {
                     // the responder's session is now the newest confirmed one
-                    self.events.push_back(LineEvent::Ready { fresh: !was_ready });
+                    self.events
+                        .push_back(LineEvent::Ready { fresh: !was_ready });
                 }
                 Received::Plaintext
             }

@@ -103,7 +103,12 @@ fn finish_encaps(ct: &[u8], ss: &[u8]) -> Result<(Box<[u8; MLKEM_CT_LEN]>, Secre
 }
 
 /// `HKDF-SHA256(salt, ikm = ss, info = label || parts...)` expanded to 32 bytes.
-pub fn derive_psk(salt: Option<&[u8; 32]>, ss: &[u8; 32], label: &[u8], parts: &[&[u8]]) -> Secret32 {
+pub fn derive_psk(
+    salt: Option<&[u8; 32]>,
+    ss: &[u8; 32],
+    label: &[u8],
+    parts: &[&[u8]],
+) -> Secret32 {
     let zero = [0u8; 32];
     let hk = Hkdf::<Sha256>::new(Some(salt.unwrap_or(&zero)), ss);
     let mut info = Vec::with_capacity(label.len() + parts.iter().map(|p| p.len()).sum::<usize>());
@@ -130,7 +135,10 @@ mod tests {
         let (ct, ss) = encapsulate(kp.ek()).unwrap();
         assert_eq!(*kp.decapsulate(&ct[..]).unwrap(), *ss);
         assert!(kp.decapsulate(&ct[..10]).is_err());
-        assert!(validate_ek(&[0xff; MLKEM_EK_LEN]).is_err(), "coefficients ≥ q refused");
+        assert!(
+            validate_ek(&[0xff; MLKEM_EK_LEN]).is_err(),
+            "coefficients ≥ q refused"
+        );
         assert!(validate_ek(&kp.ek()[..100]).is_err());
         let (ct2, ss2) = encapsulate_deterministic(kp.ek(), &[7; 32]).unwrap();
         let (ct3, _) = encapsulate_deterministic(kp.ek(), &[7; 32]).unwrap();
@@ -141,7 +149,10 @@ mod tests {
     #[test]
     fn psk_depends_on_everything() {
         let a = derive_psk(None, &[1; 32], b"l", &[b"x", b"y"]);
-        assert_ne!(*a, *derive_psk(Some(&[2; 32]), &[1; 32], b"l", &[b"x", b"y"]));
+        assert_ne!(
+            *a,
+            *derive_psk(Some(&[2; 32]), &[1; 32], b"l", &[b"x", b"y"])
+        );
         assert_ne!(*a, *derive_psk(None, &[1; 32], b"l", &[b"x", b"z"]));
         assert_ne!(*a, *derive_psk(None, &[3; 32], b"l", &[b"x", b"y"]));
         assert_eq!(*a, *derive_psk(None, &[1; 32], b"lx", &[b"y"]));

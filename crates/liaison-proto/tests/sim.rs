@@ -1,6 +1,11 @@
 //! In-memory simulation of two nodes with virtual time: sessions ([`Line`]) plus delivery
 //! ([`Sender`]/[`Receiver`]) over a network that loses, duplicates, reorders and replays blobs.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
 
 use liaison_proto::delivery::{FragmentOutcome, Receiver, Sender};
 use liaison_proto::handshake::Tai64N;
@@ -262,8 +267,14 @@ fn run(nodes: &mut [Node; 2], net: &mut Net, start: Instant, limit: Duration) ->
             .next()
             .map(|k| k.0)
             .unwrap_or(now + Duration::from_millis(10));
-        now = next.max(now + Duration::from_micros(1)).min(now + Duration::from_millis(10));
-        let due: Vec<_> = net.queue.range(..(now, u64::MAX)).map(|(k, _)| *k).collect();
+        now = next
+            .max(now + Duration::from_micros(1))
+            .min(now + Duration::from_millis(10));
+        let due: Vec<_> = net
+            .queue
+            .range(..(now, u64::MAX))
+            .map(|(k, _)| *k)
+            .collect();
         for k in due {
             if let Some((to, b)) = net.queue.remove(&k) {
                 nodes[to].receive(now, &b);
@@ -274,7 +285,10 @@ fn run(nodes: &mut [Node; 2], net: &mut Net, start: Instant, limit: Duration) ->
 }
 
 fn pair(pairing: Option<[u8; 32]>) -> [Node; 2] {
-    [Node::new(1, peer_of(2, pairing)), Node::new(2, peer_of(1, pairing))]
+    [
+        Node::new(1, peer_of(2, pairing)),
+        Node::new(2, peer_of(1, pairing)),
+    ]
 }
 
 fn push_msgs(n: &mut Node, count: usize, size: usize, tag: u8) -> Vec<Vec<u8>> {
@@ -360,7 +374,10 @@ fn rekey_in_the_middle_of_a_stream() {
     assert_ne!(hh1, hh2, "the session was rekeyed");
     assert!(nodes[0].line.session_count() <= MAX_SESSIONS_PER_CONTACT);
     assert!(
-        nodes[1].anomalies.iter().all(|a| *a == Anomaly::UnknownIndex),
+        nodes[1]
+            .anomalies
+            .iter()
+            .all(|a| *a == Anomaly::UnknownIndex),
         "{:?}",
         nodes[1].anomalies
     );
@@ -370,18 +387,32 @@ fn rekey_in_the_middle_of_a_stream() {
 fn wrong_static_key_gets_no_answer() {
     let start = Instant::now();
     // node 0 believes the peer's static is that of seed 3; node 1 (seed 2) pinned node 0 right
-    let mut nodes = [Node::new(1, peer_of(3, None)), Node::new(2, peer_of(1, None))];
+    let mut nodes = [
+        Node::new(1, peer_of(3, None)),
+        Node::new(2, peer_of(1, None)),
+    ];
     let _ = push_msgs(&mut nodes[0], 3, 100, 6);
     let mut net = Net::new(5, 0, 0, 0, 0);
     run(&mut nodes, &mut net, start, Duration::from_secs(120));
     assert!(nodes[1].delivered.is_empty());
     assert!(nodes[1].anomalies.contains(&Anomaly::BadHandshake));
-    assert!(nodes[0].unreachable, "initiator gives up after REKEY_ATTEMPT_TIME");
+    assert!(
+        nodes[0].unreachable,
+        "initiator gives up after REKEY_ATTEMPT_TIME"
+    );
     assert!(!nodes[0].line.is_ready(start + Duration::from_secs(120)));
     // a stranger whose key node 1 never pinned is refused the same way
-    let mut stranger = [Node::new(4, peer_of(2, None)), Node::new(2, peer_of(1, None))];
+    let mut stranger = [
+        Node::new(4, peer_of(2, None)),
+        Node::new(2, peer_of(1, None)),
+    ];
     let _ = push_msgs(&mut stranger[0], 1, 10, 7);
-    run(&mut stranger, &mut Net::new(3, 0, 0, 0, 0), start, Duration::from_secs(10));
+    run(
+        &mut stranger,
+        &mut Net::new(3, 0, 0, 0, 0),
+        start,
+        Duration::from_secs(10),
+    );
     assert!(stranger[1].delivered.is_empty());
     assert!(stranger[1].anomalies.contains(&Anomaly::BadHandshake));
 }
@@ -411,10 +442,14 @@ fn replayed_handshake_is_refused_after_restart() {
     assert_eq!(evs, vec![LineEvent::Anomaly(Anomaly::ReplayedHandshake)]);
     // and with the timestamp forgotten it would have been answered: the check is what refuses
     let (local, _) = keys(2);
-    let mut naive = Line::new(local, peer_of(1, None), Tai64N::default(), Tai64N::default());
+    let mut naive = Line::new(
+        local,
+        peer_of(1, None),
+        Tai64N::default(),
+        Tai64N::default(),
+    );
     naive.handle_blob(t, &init, &mut pt);
-    assert!(std::iter::from_fn(|| naive.poll_event())
-        .any(|e| matches!(e, LineEvent::Transmit(_))));
+    assert!(std::iter::from_fn(|| naive.poll_event()).any(|e| matches!(e, LineEvent::Transmit(_))));
 }
 
 #[test]
@@ -436,7 +471,10 @@ fn tampered_blobs_are_rejected_never_shown() {
         let mut bad = data.clone();
         bad[pos] ^= 0x40;
         let mut pt = Vec::new();
-        assert_eq!(nodes[1].line.handle_blob(t, &bad, &mut pt), Received::Nothing);
+        assert_eq!(
+            nodes[1].line.handle_blob(t, &bad, &mut pt),
+            Received::Nothing
+        );
     }
     let evs: Vec<_> = std::iter::from_fn(|| nodes[1].line.poll_event()).collect();
     assert_eq!(evs.len(), 5);
@@ -446,18 +484,31 @@ fn tampered_blobs_are_rejected_never_shown() {
     )));
     // the untouched blob is a replay now
     let mut pt = Vec::new();
-    assert_eq!(nodes[1].line.handle_blob(t, &data, &mut pt), Received::Nothing);
+    assert_eq!(
+        nodes[1].line.handle_blob(t, &data, &mut pt),
+        Received::Nothing
+    );
 }
 
 #[test]
 fn handshake_flood_is_rate_limited() {
     let start = Instant::now();
     let (local, _) = keys(2);
-    let mut responder = Line::new(local, peer_of(1, None), Tai64N::default(), Tai64N::default());
+    let mut responder = Line::new(
+        local,
+        peer_of(1, None),
+        Tai64N::default(),
+        Tai64N::default(),
+    );
     let (ilocal, _) = keys(1);
     let mut inits = Vec::new();
     for i in 0..60u64 {
-        let mut l = Line::new(ilocal.clone(), peer_of(2, None), Tai64N::default(), Tai64N::default());
+        let mut l = Line::new(
+            ilocal.clone(),
+            peer_of(2, None),
+            Tai64N::default(),
+            Tai64N::default(),
+        );
         l.connect(start, Tai64N::from_unix(1_800_000_000 + i, 0));
         while let Some(e) = l.poll_event() {
             if let LineEvent::Transmit(b) = e {
@@ -470,7 +521,10 @@ fn handshake_flood_is_rate_limited() {
         responder.handle_blob(start, b, &mut pt);
     }
     let evs: Vec<_> = std::iter::from_fn(|| responder.poll_event()).collect();
-    let answered = evs.iter().filter(|e| matches!(e, LineEvent::Transmit(_))).count();
+    let answered = evs
+        .iter()
+        .filter(|e| matches!(e, LineEvent::Transmit(_)))
+        .count();
     let flood = evs
         .iter()
         .filter(|e| **e == LineEvent::Anomaly(Anomaly::HandshakeFlood))
@@ -488,7 +542,12 @@ fn pairing_secret_mismatch_fails_the_handshake() {
         Node::new(2, peer_of(1, Some([2; 32]))),
     ];
     let _ = push_msgs(&mut nodes[0], 1, 10, 1);
-    run(&mut nodes, &mut Net::new(19, 0, 0, 0, 0), start, Duration::from_secs(20));
+    run(
+        &mut nodes,
+        &mut Net::new(19, 0, 0, 0, 0),
+        start,
+        Duration::from_secs(20),
+    );
     assert!(nodes[1].delivered.is_empty());
     assert!(nodes[0].anomalies.contains(&Anomaly::BadHandshake));
 }

@@ -234,13 +234,15 @@ mod tests {
 
     fn any_blob() -> impl Strategy<Value = Vec<u8>> {
         prop_oneof![
-            (any::<u32>(), proptest::collection::vec(any::<u8>(), HS_MSG1_LEN)).prop_map(
-                |(i, m)| Blob::HsInit {
+            (
+                any::<u32>(),
+                proptest::collection::vec(any::<u8>(), HS_MSG1_LEN)
+            )
+                .prop_map(|(i, m)| Blob::HsInit {
                     sender_idx: i,
                     msg1: &m
                 }
-                .to_vec()
-            ),
+                .to_vec()),
             (
                 any::<u32>(),
                 any::<u32>(),

@@ -28,8 +28,7 @@ pub struct MailboxKeyPub {
 }
 
 /// Encoded size of a [`MailboxKeyPub`].
-pub const MAILBOX_KEY_PUB_LEN: usize =
-    MAILBOX_KEY_ID_LEN + KEY_LEN + MLKEM_EK_LEN + 8 + SIG_LEN;
+pub const MAILBOX_KEY_PUB_LEN: usize = MAILBOX_KEY_ID_LEN + KEY_LEN + MLKEM_EK_LEN + 8 + SIG_LEN;
 
 impl MailboxKeyPub {
     /// The bytes the identity key signs.
@@ -150,7 +149,10 @@ impl Card {
 
     /// One-line text form.
     pub fn to_text(&self) -> String {
-        format!("{CARD_TEXT_PREFIX}{}", URL_SAFE_NO_PAD.encode(self.to_bytes()))
+        format!(
+            "{CARD_TEXT_PREFIX}{}",
+            URL_SAFE_NO_PAD.encode(self.to_bytes())
+        )
     }
 
     /// Parses the one-line text form (surrounding whitespace ignored). Does **not** check the

@@ -41,6 +41,14 @@ pub const CARD_TEXT_PREFIX: &str = "liaison-card:";
 /// Prefix of a relay card's one-line text form.
 pub const RELAY_CARD_TEXT_PREFIX: &str = "liaison-relay:";
 
+/// Domain separation for relay card signatures (followed by the encoded relay card body).
+pub const RELAY_CARD_SIG_CONTEXT: &[u8] = b"liaison/1 relay-card";
+
+/// Largest relay card (binary form), bytes: version, hop key, an address of at most
+/// [`MAX_ADDR_LEN`] bytes with its u64 length, created, signature (1 + 32 + 8 + 255 + 8 + 64 =
+/// 368), rounded up.
+pub const MAX_RELAY_CARD_LEN: usize = 512;
+
 /// Ed25519 / X25519 public key length, bytes.
 pub const KEY_LEN: usize = 32;
 /// Ed25519 signature length, bytes.

@@ -181,20 +181,16 @@ impl<'a> HopFrame<'a> {
                 if body.len() != 18 {
                     return Err(bad);
                 }
-                let code = u16::from_le_bytes([
-                    *body.first().ok_or(bad)?,
-                    *body.get(1).ok_or(bad)?,
-                ]);
+                let code =
+                    u16::from_le_bytes([*body.first().ok_or(bad)?, *body.get(1).ok_or(bad)?]);
                 Ok(HopFrame::Err {
                     code,
                     reference: id16(body.get(2..).ok_or(bad)?).ok_or(bad)?,
                 })
             }
             ty::SUBSCRIBE => {
-                let n = u16::from_le_bytes([
-                    *body.first().ok_or(bad)?,
-                    *body.get(1).ok_or(bad)?,
-                ]) as usize;
+                let n = u16::from_le_bytes([*body.first().ok_or(bad)?, *body.get(1).ok_or(bad)?])
+                    as usize;
                 let ids = body.get(2..).ok_or(bad)?;
                 if n == 0 || n > MAX_SUBSCRIBE_INBOXES || ids.len() != n * INBOX_ID_LEN {
                     return Err(bad);

@@ -1,0 +1,640 @@
+//! `listen`, `call` and `send`: the commands that run a node.
+//!
+//! `call` and `send` take the home's lock and run their own node; if `listen` already holds
+//! the lock they hand the same request to it over the control socket, and print what it
+//! answers. The logic ([`send_logic`], [`call_logic`]) is the same either way.
+
+use crate::control::{self, Request};
+use crate::ctx::Ctx;
+use crate::exit::{CmdResult, Code, Context, Failure, runtime, usage};
+use crate::output::{Local, Out, show};
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use clap::Args;
+use liaison_node::control::ControlListener;
+use liaison_node::home::{Home, HomeError, HomeLock};
+use liaison_node::node::{Node, NodeError, NodeEvent, NodeOptions, unix_ms};
+use liaison_node::store;
+use liaison_wire::consts::{MAX_MESSAGE_BODY, MSG_SALT_LEN};
+use liaison_wire::frame::{MSG_KIND_FILE, MSG_KIND_TEXT, MessageContent, valid_file_name};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeSet;
+use std::io::IsTerminal;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+use tokio::sync::{broadcast, mpsc};
+
+/// `liaison listen`.
+#[derive(Args, Debug)]
+pub struct ListenArgs {
+    /// Accept direct calls on this address, e.g. 0.0.0.0:7700 (port 0 picks a free port; the
+    /// bound address is printed as `listening on ADDR`).
+    #[arg(long, value_name = "ADDR")]
+    pub bind: Option<SocketAddr>,
+}
+
+/// `liaison call`.
+#[derive(Args, Debug)]
+pub struct CallArgs {
+    /// The contact to call.
+    pub name: String,
+    /// Where the contact listens (default: the address stored with the contact).
+    #[arg(long, value_name = "HOST:PORT")]
+    pub addr: Option<String>,
+    /// After stdin ends, wait this many seconds without progress for receipts.
+    #[arg(long, default_value_t = 60, value_name = "SECS")]
+    pub timeout: u64,
+}
+
+/// `liaison send`.
+#[derive(Args, Debug)]
+#[command(group(clap::ArgGroup::new("what").required(true).args(["text", "file"])))]
+pub struct SendArgs {
+    /// The contact.
+    pub name: String,
+    /// The message text.
+    pub text: Option<String>,
+    /// Send this file instead of text (up to 16 MiB).
+    #[arg(long, value_name = "PATH")]
+    pub file: Option<PathBuf>,
+    /// Where the contact listens (default: the address stored with the contact).
+    #[arg(long, value_name = "HOST:PORT")]
+    pub addr: Option<String>,
+    /// Wait this many seconds for the receipt before reporting `pending` (exit 4).
+    #[arg(long, default_value_t = 30, value_name = "SECS")]
+    pub timeout: u64,
+}
+
+/// A `send` request (also carried over the control socket).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SendReq {
+    /// Contact.
+    pub contact: String,
+    /// Text, or
+    pub text: Option<String>,
+    /// a file: name and base64 bytes.
+    pub file: Option<(String, String)>,
+    /// Address override.
+    pub addr: Option<String>,
+    /// Seconds to wait for the receipt.
+    pub timeout: u64,
+    /// JSON output.
+    pub json: bool,
+}
+
+/// A `call` request (also carried over the control socket).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CallReq {
+    /// Contact.
+    pub contact: String,
+    /// Address override.
+    pub addr: Option<String>,
+    /// Seconds without progress to wait for receipts after stdin ends.
+    pub timeout: u64,
+    /// stdin is a terminal.
+    pub interactive: bool,
+    /// JSON output.
+    pub json: bool,
+}
+
+fn salt() -> [u8; MSG_SALT_LEN] {
+    liaison_proto::keys::random_bytes().unwrap_or([0; MSG_SALT_LEN])
+}
+
+fn text_content(text: String) -> MessageContent {
+    MessageContent {
+        kind: MSG_KIND_TEXT,
+        sent_at_ms: unix_ms(),
+        salt: salt(),
+        name: None,
+        body: text.into_bytes(),
+    }
+}
+
+/// Opened node for `call`/`send` when no `listen` holds the home.
+struct Running {
+    node: Node,
+    _lock: HomeLock,
+}
+
+enum Access {
+    Local(Box<Running>),
+    Remote(PathBuf),
+}
+
+async fn access(ctx: &Ctx) -> Result<Access, Failure> {
+    let home = ctx.open_home()?;
+    match home.lock() {
+        Ok(lock) => {
+            let secrets = ctx.load_secrets(&home)?;
+            let db = store::open(&home.db_path()).ctx("opening the message store")?;
+            let node = Node::start(db, home.db_path(), secrets, NodeOptions::default())
+                .ctx("starting the node")?;
+            Ok(Access::Local(Box::new(Running { node, _lock: lock })))
+        }
+        Err(HomeError::Locked { .. }) => {
+            let sock = home.control_socket_path();
+            // `listen` may be starting: give it a moment to open its socket
+            for _ in 0..50 {
+                if sock.exists() {
+                    return Ok(Access::Remote(sock));
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(runtime(format!(
+                "another liaison process (call or send) is using {}: wait for it to finish, \
+                 or run `liaison listen` so commands can share the home",
+                home.dir().display()
+            )))
+        }
+        Err(e) => Err(crate::ctx::home_failure(e)),
+    }
+}
+
+fn node_failure(e: NodeError) -> Failure {
+    match e {
+        NodeError::UnknownContact(_) => usage(e.to_string()),
+        NodeError::InvalidMessage(_) => usage(e.to_string()),
+        other => runtime(other.to_string()),
+    }
+}
+
+/// Sends one message and waits for its receipt.
+pub async fn send_logic(node: &Node, req: SendReq, out: &mut dyn Out) -> Code {
+    let content = match (&req.text, &req.file) {
+        (Some(t), None) => text_content(t.clone()),
+        (None, Some((name, b64))) => match STANDARD.decode(b64) {
+            Ok(body) => MessageContent {
+                kind: MSG_KIND_FILE,
+                sent_at_ms: unix_ms(),
+                salt: salt(),
+                name: Some(name.clone()),
+                body,
+            },
+            Err(_) => {
+                out.err("error: the file did not arrive intact at the running node");
+                return Code::Runtime;
+            }
+        },
+        _ => {
+            out.err("error: give either TEXT or --file PATH");
+            return Code::Usage;
+        }
+    };
+    let mut events = node.subscribe();
+    let seq = match node.submit(&req.contact, vec![content]).await {
+        Ok(s) => match s.first() {
+            Some(&s) => s,
+            None => return Code::Runtime,
+        },
+        Err(e) => {
+            let f = node_failure(e);
+            out.err(&format!("error: {}", f.msg));
+            return f.code;
+        }
+    };
+    let id = format!("{}:{seq}", req.contact);
+    let report = |out: &mut dyn Out, status: &str, detail: &str| {
+        if req.json {
+            out.out(&serde_json::json!({"status": status, "id": id}).to_string());
+        } else {
+            out.out(&format!("{status} {id}"));
+        }
+        if !detail.is_empty() {
+            out.err(detail);
+        }
+    };
+    let reachable = req.addr.is_some()
+        || contact_has_addr(node, &req.contact).await
+        || node.line_status(&req.contact).await.hops > 0;
+    if !reachable {
+        report(
+            out,
+            "pending",
+            &format!(
+                "no address for {c}: it stays in the outbox; give --addr HOST:PORT or run \
+                 `liaison contact set {c} --addr HOST:PORT`",
+                c = req.contact
+            ),
+        );
+        return Code::NotDelivered;
+    }
+    if let Err(e) = node.connect(&req.contact, req.addr.clone()).await {
+        out.err(&format!("error: {e}"));
+        return Code::Runtime;
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(req.timeout);
+    let mut last_error = String::new();
+    loop {
+        let ev = tokio::select! {
+            _ = tokio::time::sleep_until(deadline) => break,
+            ev = events.recv() => ev,
+        };
+        match ev {
+            Ok(NodeEvent::Delivered { to, seq: s, .. }) if to == req.contact && s == seq => {
+                report(out, "delivered", "");
+                return Code::Ok;
+            }
+            Ok(NodeEvent::DialFailed {
+                contact,
+                error,
+                refused: true,
+            }) if contact == req.contact => {
+                out.err(&format!(
+                    "error: {contact} refused the connection or presented a key we did not \
+                     pin ({error}); the message stays pending. Check that you both pinned each \
+                     other's current card (`liaison verify {contact}`)"
+                ));
+                report(out, "pending", "");
+                return Code::Verify;
+            }
+            Ok(NodeEvent::DialFailed { contact, error, .. }) if contact == req.contact => {
+                last_error = error;
+            }
+            Ok(_) => {}
+            Err(broadcast::error::RecvError::Lagged(_)) => {
+                if status_of(node, &req.contact, seq).await.as_deref()
+                    == Some(store::status::DELIVERED)
+                {
+                    report(out, "delivered", "");
+                    return Code::Ok;
+                }
+            }
+            Err(broadcast::error::RecvError::Closed) => break,
+        }
+    }
+    if status_of(node, &req.contact, seq).await.as_deref() == Some(store::status::DELIVERED) {
+        report(out, "delivered", "");
+        return Code::Ok;
+    }
+    let why = if last_error.is_empty() {
+        format!(
+            "{} did not acknowledge within {} s",
+            req.contact, req.timeout
+        )
+    } else {
+        format!("last attempt: {last_error}")
+    };
+    report(
+        out,
+        "pending",
+        &format!("{why}; the message stays in the outbox for a later listen, call or send"),
+    );
+    Code::NotDelivered
+}
+
+async fn contact_has_addr(node: &Node, contact: &str) -> bool {
+    let name = contact.to_string();
+    node.db()
+        .write(move |c| store::contact(c, &name))
+        .await
+        .ok()
+        .flatten()
+        .is_some_and(|r| r.addr.is_some())
+}
+
+async fn status_of(node: &Node, contact: &str, seq: u64) -> Option<String> {
+    let name = contact.to_string();
+    node.db()
+        .write(move |c| store::outbox_status(c, &name, seq))
+        .await
+        .ok()
+        .flatten()
+}
+
+/// Runs a call: stdin lines become messages; incoming messages and receipts are shown.
+pub async fn call_logic(
+    node: &Node,
+    req: CallReq,
+    mut input: mpsc::Receiver<Option<String>>,
+    out: &mut dyn Out,
+) -> Code {
+    let mut events = node.subscribe();
+    let contact = req.contact.clone();
+    if let Err(e) = node.connect(&contact, req.addr.clone()).await {
+        let f = node_failure(e);
+        out.err(&format!("error: {}", f.msg));
+        return f.code;
+    }
+    if req.interactive {
+        out.err(&format!(
+            "calling {contact}: type a message and press Enter; Ctrl-D ends the call"
+        ));
+    }
+    let mut ours: BTreeSet<u64> = BTreeSet::new();
+    let mut sent = 0usize;
+    let mut eof = false;
+    let mut last_progress = Instant::now();
+    let timeout = Duration::from_secs(req.timeout);
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    loop {
+        tokio::select! {
+            line = input.recv(), if !eof => {
+                let mut batch = Vec::new();
+                let mut item = line;
+                loop {
+                    match item {
+                        Some(Some(text)) => batch.push(text_content(text)),
+                        Some(None) | None => { eof = true; break; }
+                    }
+                    if batch.len() >= 512 { break; }
+                    match input.try_recv() {
+                        Ok(next) => item = Some(next),
+                        Err(_) => break,
+                    }
+                }
+                if !batch.is_empty() {
+                    let n = batch.len();
+                    match node.submit(&contact, batch).await {
+                        Ok(seqs) => { ours.extend(seqs); sent += n; }
+                        Err(e) => {
+                            let f = node_failure(e);
+                            out.err(&format!("error: {}", f.msg));
+                            return f.code;
+                        }
+                    }
+                }
+                last_progress = Instant::now();
+            }
+            ev = events.recv() => match ev {
+                Ok(ev) => {
+                    match &ev {
+                        NodeEvent::Delivered { to, seq, .. } if *to == contact => {
+                            if ours.remove(seq) {
+                                last_progress = Instant::now();
+                            }
+                            if req.interactive || req.json {
+                                show(out, &ev, req.json);
+                            }
+                        }
+                        NodeEvent::Message { from, .. } if *from == contact => show(out, &ev, req.json),
+                        NodeEvent::DialFailed { contact: c, refused, .. } if *c == contact => {
+                            show(out, &ev, req.json);
+                            if *refused {
+                                return Code::Verify;
+                            }
+                        }
+                        NodeEvent::LineUp { contact: c }
+                        | NodeEvent::Unreachable { contact: c }
+                        | NodeEvent::Anomaly { contact: c, .. } if *c == contact => show(out, &ev, req.json),
+                        _ => {}
+                    }
+                }
+                Err(broadcast::error::RecvError::Lagged(_)) => {
+                    resync(node, &contact, &mut ours).await;
+                }
+                Err(broadcast::error::RecvError::Closed) => break,
+            },
+            _ = tick.tick() => {
+                if eof && ours.is_empty() {
+                    break;
+                }
+                if eof && last_progress.elapsed() >= timeout {
+                    break;
+                }
+            }
+        }
+    }
+    resync(node, &contact, &mut ours).await;
+    if ours.is_empty() {
+        if req.json {
+            out.out(
+                &serde_json::json!({"event": "call_ended", "sent": sent, "acknowledged": sent})
+                    .to_string(),
+            );
+        } else if req.interactive {
+            out.err(&format!("call ended: {sent} sent, all acknowledged"));
+        }
+        return Code::Ok;
+    }
+    let mut queued = 0usize;
+    let mut pending = 0usize;
+    for seq in &ours {
+        match status_of(node, &contact, *seq).await.as_deref() {
+            Some(store::status::QUEUED) => queued += 1,
+            _ => pending += 1,
+        }
+    }
+    let acked = sent - ours.len();
+    if req.json {
+        out.out(
+            &serde_json::json!({"event": "call_ended", "sent": sent, "acknowledged": acked,
+                                "queued": queued, "pending": pending})
+            .to_string(),
+        );
+    }
+    out.err(&format!(
+        "not every message was acknowledged: {acked} acknowledged, {queued} queued at a relay, \
+         {pending} pending (they stay in the outbox for a later listen, call or send)"
+    ));
+    Code::NotDelivered
+}
+
+async fn resync(node: &Node, contact: &str, ours: &mut BTreeSet<u64>) {
+    let mut done = Vec::new();
+    for seq in ours.iter() {
+        if status_of(node, contact, *seq).await.as_deref() == Some(store::status::DELIVERED) {
+            done.push(*seq);
+        }
+    }
+    for s in done {
+        ours.remove(&s);
+    }
+}
+
+fn file_payload(path: &PathBuf) -> Result<(String, Vec<u8>), Failure> {
+    let name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .filter(|n| valid_file_name(n))
+        .ok_or_else(|| usage(format!("{} has no usable file name", path.display())))?
+        .to_string();
+    let meta = std::fs::metadata(path)
+        .map_err(|e| runtime(format!("cannot read {}: {e}", path.display())))?;
+    if meta.len() > MAX_MESSAGE_BODY as u64 {
+        return Err(usage(format!(
+            "{} is {} bytes; files up to {} bytes can be sent",
+            path.display(),
+            meta.len(),
+            MAX_MESSAGE_BODY
+        )));
+    }
+    let body =
+        std::fs::read(path).map_err(|e| runtime(format!("cannot read {}: {e}", path.display())))?;
+    Ok((name, body))
+}
+
+/// `liaison send`.
+pub fn send(ctx: &Ctx, a: SendArgs) -> CmdResult {
+    let file = match &a.file {
+        Some(p) => Some(file_payload(p)?),
+        None => None,
+    };
+    let req = SendReq {
+        contact: a.name,
+        text: a.text,
+        file: file.map(|(n, b)| (n, STANDARD.encode(b))),
+        addr: a.addr,
+        timeout: a.timeout,
+        json: ctx.json,
+    };
+    let rt = ctx.runtime()?;
+    rt.block_on(async {
+        match access(ctx).await? {
+            Access::Local(r) => {
+                let code = send_logic(&r.node, req, &mut Local).await;
+                r.node.shutdown().await;
+                Ok(code)
+            }
+            Access::Remote(sock) => remote(&sock, Request::Send(req), None).await,
+        }
+    })
+}
+
+async fn remote(
+    sock: &std::path::Path,
+    req: Request,
+    input: Option<mpsc::Receiver<Option<String>>>,
+) -> CmdResult {
+    let code = control::run_remote(sock, req, input)
+        .await
+        .map_err(|e| runtime(format!("cannot talk to the running `liaison listen`: {e}")))?;
+    Ok(match code {
+        0 => Code::Ok,
+        2 => Code::Usage,
+        3 => Code::Verify,
+        4 => Code::NotDelivered,
+        _ => Code::Runtime,
+    })
+}
+
+fn stdin_lines() -> mpsc::Receiver<Option<String>> {
+    let (tx, rx) = mpsc::channel(1024);
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        let stdin = std::io::stdin();
+        for line in stdin.lock().lines() {
+            match line {
+                Ok(l) => {
+                    if tx.blocking_send(Some(l)).is_err() {
+                        return;
+                    }
+                }
+                Err(_) => break,
+            }
+        }
+        let _ = tx.blocking_send(None);
+    });
+    rx
+}
+
+/// `liaison call`.
+pub fn call(ctx: &Ctx, a: CallArgs) -> CmdResult {
+    let req = CallReq {
+        contact: a.name,
+        addr: a.addr,
+        timeout: a.timeout,
+        interactive: std::io::stdin().is_terminal(),
+        json: ctx.json,
+    };
+    let rt = ctx.runtime()?;
+    rt.block_on(async {
+        let acc = access(ctx).await?;
+        let input = stdin_lines();
+        match acc {
+            Access::Local(r) => {
+                let mut local = Local;
+                let code = tokio::select! {
+                    c = call_logic(&r.node, req, input, &mut local) => c,
+                    _ = interrupted() => Code::Ok,
+                };
+                r.node.shutdown().await;
+                Ok(code)
+            }
+            Access::Remote(sock) => remote(&sock, Request::Call(req), Some(input)).await,
+        }
+    })
+}
+
+async fn interrupted() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut int), Ok(mut term)) = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = int.recv() => {},
+        _ = term.recv() => {},
+    }
+}
+
+/// `liaison listen`.
+pub fn listen(ctx: &Ctx, a: ListenArgs) -> CmdResult {
+    let Some(bind) = a.bind else {
+        return Err(usage(
+            "nothing to listen on: pass --bind ADDR (e.g. --bind 0.0.0.0:7700, or 127.0.0.1:0 \
+             for a free port)",
+        ));
+    };
+    let home: Home = ctx.open_home()?;
+    let lock = ctx.lock(&home)?;
+    let secrets = ctx.load_secrets(&home)?;
+    let rt = ctx.runtime()?;
+    let json = ctx.json;
+    let code = rt.block_on(async {
+        let db = store::open(&home.db_path()).ctx("opening the message store")?;
+        let node = Node::start(db, home.db_path(), secrets, NodeOptions::default())
+            .ctx("starting the node")?;
+        let addr = match node.listen(bind).await {
+            Ok(a) => a,
+            Err(e) => {
+                node.shutdown().await;
+                return Err(runtime(format!("cannot listen on {bind}: {e}")));
+            }
+        };
+        let control =
+            ControlListener::bind(&home.control_socket_path()).ctx("opening the control socket")?;
+        let mut events = node.subscribe();
+        eprintln!("listening on {addr}");
+        if json {
+            println!(
+                "{}",
+                serde_json::json!({"event": "listening", "addr": addr.to_string()})
+            );
+        }
+        if let Err(e) = node.resume_pending().await {
+            eprintln!("warning: cannot resume pending deliveries: {e}");
+        }
+        let mut out = Local;
+        let stop = interrupted();
+        tokio::pin!(stop);
+        loop {
+            tokio::select! {
+                _ = &mut stop => break,
+                ev = events.recv() => match ev {
+                    Ok(ev) => show(&mut out, &ev, json),
+                    Err(broadcast::error::RecvError::Lagged(n)) => {
+                        eprintln!("warning: {n} events not shown (see `liaison inbox`)");
+                    }
+                    Err(broadcast::error::RecvError::Closed) => break,
+                },
+                c = control.accept() => match c {
+                    Ok(stream) => {
+                        let n = node.clone();
+                        tokio::spawn(control::serve_connection(n, stream));
+                    }
+                    Err(e) => eprintln!("warning: control socket: {e}"),
+                },
+            }
+        }
+        eprintln!("shutting down");
+        node.shutdown().await;
+        drop(control);
+        Ok(Code::Ok)
+    });
+    drop(lock);
+    code
+}

@@ -1,0 +1,265 @@
+//! The control-socket protocol: JSON lines between a `call`/`send` client and the `listen`
+//! process that owns the home.
+//!
+//! Client → server: one [`Request`] line, then (for `call`) `input` lines and an `eof`.
+//! Server → client: `out`/`err` lines to print, and finally `exit` with the exit code. The
+//! client prints exactly those lines and exits with that code, so a command behaves the same
+//! whether it ran alone or through `listen`.
+
+use crate::cmd_line::{CallReq, SendReq, call_logic, send_logic};
+use crate::output::{Line, Remote};
+use liaison_node::node::Node;
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWriteExt, BufReader};
+use tokio::net::UnixStream;
+use tokio::sync::mpsc;
+
+/// Longest control line, bytes (a 16 MiB file in base64 plus its request).
+pub const MAX_LINE: usize = 24 * 1024 * 1024;
+
+/// A client's message.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Request {
+    /// Run `send`.
+    Send(SendReq),
+    /// Run `call`.
+    Call(CallReq),
+    /// A stdin line for `call`.
+    Input {
+        /// The line.
+        line: String,
+    },
+    /// stdin ended.
+    Eof,
+    /// Report every line's state (one `out` line: a JSON object by contact).
+    Status,
+}
+
+/// A server's message.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Reply {
+    /// Print on stdout.
+    Out {
+        /// The line.
+        line: String,
+    },
+    /// Print on stderr.
+    Err {
+        /// The line.
+        line: String,
+    },
+    /// The command ended with this exit code.
+    Exit {
+        /// Exit code.
+        code: u8,
+    },
+}
+
+/// Reads one line of at most [`MAX_LINE`] bytes; `None` at end of stream.
+pub async fn read_line<R: AsyncRead + Unpin>(
+    r: &mut BufReader<R>,
+) -> std::io::Result<Option<String>> {
+    let mut buf = Vec::new();
+    loop {
+        let available = r.fill_buf().await?;
+        if available.is_empty() {
+            return if buf.is_empty() {
+                Ok(None)
+            } else {
+                Err(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "truncated control line",
+                ))
+            };
+        }
+        let (take, done) = match available.iter().position(|&b| b == b'\n') {
+            Some(i) => (i + 1, true),
+            None => (available.len(), false),
+        };
+        buf.extend_from_slice(available.get(..take).unwrap_or_default());
+        r.consume(take);
+        if buf.len() > MAX_LINE {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                "control line too long",
+            ));
+        }
+        if done {
+            buf.pop();
+            return String::from_utf8(buf)
+                .map(Some)
+                .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidData, "not UTF-8"));
+        }
+    }
+}
+
+async fn write_json<W: AsyncWriteExt + Unpin, T: Serialize>(
+    w: &mut W,
+    v: &T,
+) -> std::io::Result<()> {
+    let mut s = serde_json::to_string(v).map_err(std::io::Error::other)?;
+    s.push('\n');
+    w.write_all(s.as_bytes()).await
+}
+
+/// Serves one control connection inside `listen`.
+pub async fn serve_connection(node: Node, stream: UnixStream) {
+    let (rd, mut wr) = stream.into_split();
+    let mut rd = BufReader::new(rd);
+    let first = match read_line(&mut rd).await {
+        Ok(Some(l)) => l,
+        _ => return,
+    };
+    let req: Request = match serde_json::from_str(&first) {
+        Ok(r) => r,
+        Err(e) => {
+            let _ = write_json(
+                &mut wr,
+                &Reply::Err {
+                    line: format!("error: bad control request: {e}"),
+                },
+            )
+            .await;
+            let _ = write_json(&mut wr, &Reply::Exit { code: 2 }).await;
+            return;
+        }
+    };
+    let (tx, mut rx) = mpsc::unbounded_channel::<Line>();
+    let writer = tokio::spawn(async move {
+        while let Some(l) = rx.recv().await {
+            let r = match l {
+                Line::Out(line) => Reply::Out { line },
+                Line::Err(line) => Reply::Err { line },
+            };
+            if write_json(&mut wr, &r).await.is_err() {
+                break;
+            }
+        }
+        wr
+    });
+    let mut out = Remote { tx };
+    let code = match req {
+        Request::Send(s) => send_logic(&node, s, &mut out).await,
+        Request::Call(c) => {
+            let (itx, irx) = mpsc::channel::<Option<String>>(256);
+            let pump = tokio::spawn(async move {
+                loop {
+                    match read_line(&mut rd).await {
+                        Ok(Some(l)) => match serde_json::from_str::<Request>(&l) {
+                            Ok(Request::Input { line }) => {
+                                if itx.send(Some(line)).await.is_err() {
+                                    break;
+                                }
+                            }
+                            _ => {
+                                let _ = itx.send(None).await;
+                                break;
+                            }
+                        },
+                        _ => {
+                            let _ = itx.send(None).await;
+                            break;
+                        }
+                    }
+                }
+            });
+            let code = call_logic(&node, c, irx, &mut out).await;
+            pump.abort();
+            code
+        }
+        Request::Status => {
+            let names: Vec<String> = node
+                .db()
+                .write(|c| liaison_node::store::contacts(c))
+                .await
+                .map(|v| v.into_iter().map(|c| c.name).collect())
+                .unwrap_or_default();
+            let mut map = serde_json::Map::new();
+            for n in names {
+                let st = node.line_status(&n).await;
+                map.insert(n, serde_json::to_value(st).unwrap_or_default());
+            }
+            use crate::output::Out;
+            out.out(&serde_json::Value::Object(map).to_string());
+            crate::exit::Code::Ok
+        }
+        Request::Input { .. } | Request::Eof => crate::exit::Code::Usage,
+    };
+    drop(out);
+    if let Ok(mut wr) = writer.await {
+        let _ = write_json(&mut wr, &Reply::Exit { code: code as u8 }).await;
+        let _ = wr.shutdown().await;
+    }
+}
+
+/// Runs a request through a running `listen`; returns the exit code it reported. `input`
+/// lines (for `call`) are forwarded as they come.
+pub async fn run_remote(
+    socket: &Path,
+    req: Request,
+    input: Option<mpsc::Receiver<Option<String>>>,
+) -> std::io::Result<u8> {
+    let stream = liaison_node::control::connect(socket).await?;
+    let (rd, mut wr) = stream.into_split();
+    write_json(&mut wr, &req).await?;
+    let fwd = input.map(|mut input| {
+        tokio::spawn(async move {
+            while let Some(item) = input.recv().await {
+                let msg = match item {
+                    Some(line) => Request::Input { line },
+                    None => Request::Eof,
+                };
+                let eof = matches!(msg, Request::Eof);
+                if write_json(&mut wr, &msg).await.is_err() || eof {
+                    break;
+                }
+            }
+        })
+    });
+    let mut rd = BufReader::new(rd);
+    let mut code = 1u8;
+    while let Some(line) = read_line(&mut rd).await? {
+        match serde_json::from_str::<Reply>(&line) {
+            Ok(Reply::Out { line }) => println!("{line}"),
+            Ok(Reply::Err { line }) => eprintln!("{line}"),
+            Ok(Reply::Exit { code: c }) => {
+                code = c;
+                break;
+            }
+            Err(e) => {
+                eprintln!("error: bad reply from the running node: {e}");
+                break;
+            }
+        }
+    }
+    if let Some(f) = fwd {
+        f.abort();
+    }
+    Ok(code)
+}
+
+/// Asks a running `listen` for its lines' state; `None` if no node runs on this home.
+pub fn query_status(
+    socket: &Path,
+) -> Option<std::collections::HashMap<String, liaison_node::node::LineStatus>> {
+    use std::io::{BufRead, Read, Write};
+    let mut s = std::os::unix::net::UnixStream::connect(socket).ok()?;
+    let t = Some(std::time::Duration::from_secs(5));
+    s.set_read_timeout(t).ok()?;
+    s.set_write_timeout(t).ok()?;
+    let mut req = serde_json::to_string(&Request::Status).ok()?;
+    req.push('\n');
+    s.write_all(req.as_bytes()).ok()?;
+    let reader = std::io::BufReader::new(s.take(MAX_LINE as u64));
+    for line in reader.lines() {
+        match serde_json::from_str::<Reply>(&line.ok()?).ok()? {
+            Reply::Out { line } => return serde_json::from_str(&line).ok(),
+            Reply::Exit { .. } => return None,
+            Reply::Err { .. } => {}
+        }
+    }
+    None
+}

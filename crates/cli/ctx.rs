@@ -1,0 +1,241 @@
+//! What commands share: the home, the passphrase, secrets, the store and the runtime.
+
+use crate::GlobalArgs;
+use crate::exit::{Context, Failure, runtime, usage, verify};
+use liaison_node::home::{Home, HomeError, HomeLock};
+use liaison_node::keyfile::KeyFileError;
+use liaison_node::secrets::{NodeSecrets, SecretsError};
+use liaison_node::store;
+use liaison_proto::identity::{VerifiedCard, parse_card_text};
+use std::io::{BufRead, Write};
+use std::path::{Path, PathBuf};
+use zeroize::Zeroizing;
+
+/// Name of the public card file in a home (so `id` needs no passphrase).
+pub const CARD_FILE: &str = "card";
+
+/// Shared command context.
+#[derive(Debug)]
+pub struct Ctx {
+    /// Global options.
+    pub global: GlobalArgs,
+    /// `--json`.
+    pub json: bool,
+}
+
+impl Ctx {
+    /// From the parsed global options.
+    pub fn new(global: GlobalArgs) -> Self {
+        let json = global.json;
+        Ctx { global, json }
+    }
+
+    /// The home directory path (not necessarily existing).
+    pub fn home_dir(&self) -> Result<PathBuf, Failure> {
+        match &self.global.home {
+            Some(h) => Ok(h.clone()),
+            None => liaison_node::home::default_home().map_err(|e| {
+                usage(format!(
+                    "cannot find a default home ({e}); pass --home DIR or set LIAISON_HOME"
+                ))
+            }),
+        }
+    }
+
+    /// Opens an existing home, checking its permissions.
+    pub fn open_home(&self) -> Result<Home, Failure> {
+        let dir = self.home_dir()?;
+        if !dir.join(liaison_node::home::KEYS_FILE).exists() {
+            return Err(runtime(format!(
+                "no identity in {}: run `liaison init --name NAME` first (or pass --home)",
+                dir.display()
+            )));
+        }
+        Home::open(&dir).map_err(home_failure)
+    }
+
+    /// Takes the home's exclusive lock.
+    pub fn lock(&self, home: &Home) -> Result<HomeLock, Failure> {
+        home.lock().map_err(home_failure)
+    }
+
+    /// The passphrase from `--passphrase-file`, `LIAISON_PASSPHRASE`, or a terminal prompt.
+    /// `None` if none is available and `required` is false.
+    pub fn passphrase(&self, confirm: bool) -> Result<Zeroizing<String>, Failure> {
+        if let Some(f) = &self.global.passphrase_file {
+            let text = std::fs::read_to_string(f)
+                .map(Zeroizing::new)
+                .map_err(|e| {
+                    runtime(format!(
+                        "cannot read the passphrase file {}: {e}",
+                        f.display()
+                    ))
+                })?;
+            let line = text.lines().next().unwrap_or("").to_string();
+            return Ok(Zeroizing::new(line));
+        }
+        if let Ok(p) = std::env::var("LIAISON_PASSPHRASE") {
+            return Ok(Zeroizing::new(p));
+        }
+        let p = prompt_hidden("passphrase: ").map_err(|e| {
+            usage(format!(
+                "a passphrase is needed and there is no terminal to ask on ({e}): set \
+                 LIAISON_PASSPHRASE or pass --passphrase-file FILE"
+            ))
+        })?;
+        if confirm {
+            let again = prompt_hidden("passphrase (again): ").ctx("reading the passphrase")?;
+            if *again != *p {
+                return Err(usage("the two passphrases differ; nothing was written"));
+            }
+        }
+        Ok(p)
+    }
+
+    /// Loads and decrypts the node's secrets.
+    pub fn load_secrets(&self, home: &Home) -> Result<NodeSecrets, Failure> {
+        let path = home.keys_path();
+        let encrypted = liaison_node::keyfile::is_encrypted(&path).map_err(secrets_failure_kf)?;
+        let pass = if encrypted {
+            Some(self.passphrase(false)?)
+        } else {
+            None
+        };
+        NodeSecrets::load(&path, pass.as_ref().map(|p| p.as_bytes())).map_err(secrets_failure)
+    }
+
+    /// This node's own card (public file, no passphrase needed).
+    pub fn own_card(&self, home: &Home) -> Result<VerifiedCard, Failure> {
+        let path = home.dir().join(CARD_FILE);
+        let text = std::fs::read_to_string(&path)
+            .map_err(|e| runtime(format!("cannot read {}: {e}", path.display())))?;
+        parse_card_text(&text).map_err(|e| {
+            verify(format!(
+                "this home's own card {} does not verify ({e}); it was altered",
+                path.display()
+            ))
+        })
+    }
+
+    /// The store, read-only.
+    pub fn db_ro(&self, home: &Home) -> Result<rusqlite::Connection, Failure> {
+        store::open_read_only(&home.db_path()).ctx("opening the message store")
+    }
+
+    /// A tokio runtime for commands that do I/O.
+    pub fn runtime(&self) -> Result<tokio::runtime::Runtime, Failure> {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .ctx("starting the runtime")
+    }
+}
+
+/// Maps home errors to failures with the fix.
+pub fn home_failure(e: HomeError) -> Failure {
+    runtime(e.to_string())
+}
+
+fn secrets_failure_kf(e: KeyFileError) -> Failure {
+    secrets_failure(SecretsError::KeyFile(e))
+}
+
+/// Maps key-file errors: a wrong passphrase or a damaged key file fails verification (3).
+pub fn secrets_failure(e: SecretsError) -> Failure {
+    match e {
+        SecretsError::KeyFile(KeyFileError::WrongPassphrase) => {
+            verify("wrong passphrase, or the key file is damaged: nothing was changed; try again")
+        }
+        SecretsError::KeyFile(k @ KeyFileError::LoosePermissions { .. }) => runtime(k.to_string()),
+        SecretsError::KeyFile(KeyFileError::PassphraseRequired) => usage(
+            "the key file is encrypted: set LIAISON_PASSPHRASE or pass --passphrase-file FILE",
+        ),
+        other => runtime(other.to_string()),
+    }
+}
+
+/// Reads a line from the terminal with echo off.
+pub fn prompt_hidden(prompt: &str) -> std::io::Result<Zeroizing<String>> {
+    use nix::sys::termios::{LocalFlags, SetArg, tcgetattr, tcsetattr};
+    let tty = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/tty")?;
+    let mut out = tty.try_clone()?;
+    let old = tcgetattr(&tty).map_err(std::io::Error::from)?;
+    let mut quiet = old.clone();
+    quiet.local_flags.remove(LocalFlags::ECHO);
+    quiet.local_flags.insert(LocalFlags::ECHONL);
+    write!(out, "{prompt}")?;
+    out.flush()?;
+    tcsetattr(&tty, SetArg::TCSANOW, &quiet).map_err(std::io::Error::from)?;
+    let mut line = Zeroizing::new(String::new());
+    let r = std::io::BufReader::new(&tty).read_line(&mut line);
+    let _ = tcsetattr(&tty, SetArg::TCSANOW, &old);
+    r?;
+    while line.ends_with('\n') || line.ends_with('\r') {
+        line.pop();
+    }
+    Ok(line)
+}
+
+/// Reads CARD or `@FILE`.
+pub fn card_arg(arg: &str) -> Result<String, Failure> {
+    match arg.strip_prefix('@') {
+        Some(path) => {
+            let p = Path::new(path);
+            let meta = std::fs::metadata(p)
+                .map_err(|e| runtime(format!("cannot read {}: {e}", p.display())))?;
+            if meta.len() > 64 * 1024 {
+                return Err(verify(format!("{} is too large to be a card", p.display())));
+            }
+            std::fs::read_to_string(p)
+                .map_err(|e| runtime(format!("cannot read {}: {e}", p.display())))
+        }
+        None => Ok(arg.to_string()),
+    }
+}
+
+/// Prints a JSON value on one line.
+pub fn print_json(v: &serde_json::Value) {
+    println!("{v}");
+}
+
+/// A timestamp for humans (UTC).
+pub fn human_time(unix: u64) -> String {
+    let days = unix / 86_400;
+    let secs = unix % 86_400;
+    let (y, m, d) = civil_from_days(days as i64);
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}Z",
+        secs / 3600,
+        (secs / 60) % 60,
+        secs % 60
+    )
+}
+
+// Howard Hinnant's days-to-civil algorithm.
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (if m <= 2 { y + 1 } else { y }, m, d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dates() {
+        assert_eq!(human_time(0), "1970-01-01 00:00:00Z");
+        assert_eq!(human_time(1_700_000_000), "2023-11-14 22:13:20Z");
+    }
+}

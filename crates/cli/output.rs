@@ -1,0 +1,120 @@
+//! Where a command's output goes: this terminal, or a `call`/`send` client on the control
+//! socket. Commands that can run inside `listen` write through [`Out`] so the client prints
+//! exactly what it would have printed running alone.
+
+use liaison_node::node::NodeEvent;
+use tokio::sync::mpsc;
+
+/// A command's output sink.
+pub trait Out: Send {
+    /// A line for stdout.
+    fn out(&mut self, line: &str);
+    /// A line for stderr.
+    fn err(&mut self, line: &str);
+}
+
+/// This process's stdout/stderr.
+#[derive(Debug, Default)]
+pub struct Local;
+
+impl Out for Local {
+    fn out(&mut self, line: &str) {
+        println!("{line}");
+    }
+    fn err(&mut self, line: &str) {
+        eprintln!("{line}");
+    }
+}
+
+/// A line for one of the two streams of a remote client.
+#[derive(Debug, Clone)]
+pub enum Line {
+    /// stdout.
+    Out(String),
+    /// stderr.
+    Err(String),
+}
+
+/// Output forwarded to a control-socket client.
+#[derive(Debug)]
+pub struct Remote {
+    /// Lines to send.
+    pub tx: mpsc::UnboundedSender<Line>,
+}
+
+impl Out for Remote {
+    fn out(&mut self, line: &str) {
+        let _ = self.tx.send(Line::Out(line.to_string()));
+    }
+    fn err(&mut self, line: &str) {
+        let _ = self.tx.send(Line::Err(line.to_string()));
+    }
+}
+
+/// How an event is shown: `(stdout line, stderr line)`.
+pub fn render(ev: &NodeEvent, json: bool) -> (Option<String>, Option<String>) {
+    if json {
+        return (Some(serde_json::to_string(ev).unwrap_or_default()), None);
+    }
+    match ev {
+        NodeEvent::Message {
+            id, text: Some(t), ..
+        } => (Some(format!("[{id}] {t}")), None),
+        NodeEvent::Message {
+            id,
+            file: Some(f),
+            size,
+            ..
+        } => (
+            Some(format!(
+                "[{id}] file {f} ({size} bytes): save it with `liaison inbox --save {id} --out PATH`"
+            )),
+            None,
+        ),
+        NodeEvent::Message { id, .. } => (Some(format!("[{id}] (empty)")), None),
+        NodeEvent::Delivered { id, .. } => (Some(format!("delivered {id}")), None),
+        NodeEvent::LineUp { contact } => (None, Some(format!("line to {contact} is up"))),
+        NodeEvent::Unreachable { contact } => (
+            None,
+            Some(format!(
+                "{contact} does not answer; messages stay pending until a later listen, call or send"
+            )),
+        ),
+        NodeEvent::DialFailed {
+            contact,
+            error,
+            refused,
+        } => {
+            if *refused {
+                (
+                    None,
+                    Some(format!(
+                        "{contact} refused our key ({error}): they must pin our card (`liaison id`)"
+                    )),
+                )
+            } else {
+                (
+                    None,
+                    Some(format!("cannot reach {contact}: {error}; retrying")),
+                )
+            }
+        }
+        NodeEvent::Anomaly { contact, kind } => (
+            None,
+            Some(format!(
+                "warning: {kind} traffic on the line to {contact} (logged)"
+            )),
+        ),
+    }
+}
+
+/// Shows an event through `out`.
+pub fn show(out: &mut dyn Out, ev: &NodeEvent, json: bool) {
+    let (o, e) = render(ev, json);
+    if let Some(o) = o {
+        out.out(&o);
+    }
+    if let Some(e) = e {
+        out.err(&e);
+    }
+}

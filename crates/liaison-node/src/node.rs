@@ -1,0 +1,709 @@
+//! The node: one process per home, one task per line, hops attached to lines.
+//!
+//! ```text
+//!   accept loop ──(pinned TLS, HELLO/READY)──► hop reader ──Blob──► line task (one per contact)
+//!   dial (line task asks) ──────────────────► hop writer ◄─frames──┘   │
+//!   CLI / control socket ──submit/connect──► line task               ▼
+//!                                                        Db writer thread (group commit)
+//! ```
+//! Everything runs under one `CancellationToken` and one `TaskTracker`; [`Node::shutdown`]
+//! cancels, waits for every task, and closes QUIC gracefully. Nothing acknowledged is lost:
+//! acks are sent only after the store committed.
+
+use crate::atrest::{self, DataKey, Direction};
+use crate::line_task::{self, LineInput};
+use crate::secrets::NodeSecrets;
+use crate::store::{self, Db, DbError};
+use liaison_hop::{ClientPins, HopKey, HopLimits};
+use liaison_proto::identity::Identity;
+use liaison_wire::consts::PROTOCOL_VERSION;
+use liaison_wire::frame::MessageContent;
+use liaison_wire::hop::{HopFrame, err as hop_err};
+use quinn::{Endpoint, VarInt};
+use serde::{Deserialize, Serialize};
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// QUIC close codes a node uses (coarse on purpose).
+pub mod close_code {
+    /// Normal close.
+    pub const BYE: u32 = 0;
+    /// The peer sent a malformed hop frame.
+    pub const MALFORMED: u32 = 1;
+    /// The peer broke the protocol.
+    pub const MISBEHAVING: u32 = 2;
+    /// Not a pinned contact.
+    pub const REFUSED: u32 = 3;
+    /// Shutting down.
+    pub const SHUTDOWN: u32 = 4;
+}
+
+/// Something users see happen, in order.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum NodeEvent {
+    /// A message from a contact, delivered in order.
+    Message {
+        /// Contact name.
+        from: String,
+        /// `CONTACT:SEQ`.
+        id: String,
+        /// The contact's seq.
+        seq: u64,
+        /// Text, for text messages.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        text: Option<String>,
+        /// File name, for files.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        file: Option<String>,
+        /// Body size in bytes.
+        size: usize,
+        /// Sender's clock when written, unix ms.
+        sent_at_ms: u64,
+    },
+    /// The peer acknowledged one of our messages end to end.
+    Delivered {
+        /// Contact name.
+        to: String,
+        /// `CONTACT:SEQ`.
+        id: String,
+        /// Our seq.
+        seq: u64,
+    },
+    /// A session with the contact is up.
+    LineUp {
+        /// Contact name.
+        contact: String,
+    },
+    /// Handshakes went unanswered: the peer is away.
+    Unreachable {
+        /// Contact name.
+        contact: String,
+    },
+    /// A connection attempt failed.
+    DialFailed {
+        /// Contact name.
+        contact: String,
+        /// What went wrong.
+        error: String,
+        /// True if the peer refused our key (not pinned there).
+        refused: bool,
+    },
+    /// Something wrong arrived on a line (logged; shown to the user).
+    Anomaly {
+        /// Contact name.
+        contact: String,
+        /// Kind.
+        kind: String,
+    },
+}
+
+/// A node-level failure.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum NodeError {
+    /// Storage.
+    #[error(transparent)]
+    Db(#[from] DbError),
+    /// No such contact.
+    #[error("no contact named {0}: pin one with `liaison contact add`")]
+    UnknownContact(String),
+    /// A message that cannot be sent as given.
+    #[error("invalid message: {0}")]
+    InvalidMessage(String),
+    /// Sockets, TLS configuration.
+    #[error("{0}")]
+    Hop(#[from] liaison_hop::HopError),
+    /// At-rest encryption.
+    #[error(transparent)]
+    AtRest(#[from] atrest::AtRestError),
+    /// The node is shutting down.
+    #[error("the node is shutting down")]
+    ShuttingDown,
+    /// Anything else.
+    #[error("{0}")]
+    Other(String),
+}
+
+/// What a line is doing (for `status`).
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+pub struct LineStatus {
+    /// A session can send.
+    pub up: bool,
+    /// Hops attached.
+    pub hops: usize,
+    /// Our messages not yet acknowledged.
+    pub unacked: usize,
+    /// We stored the peer's messages up to here.
+    pub delivered_upto: u64,
+    /// The peer acknowledged ours up to here.
+    pub acked_upto: u64,
+}
+
+/// Node tunables.
+#[derive(Debug, Clone, Default)]
+pub struct NodeOptions {
+    /// QUIC limits of hops.
+    pub hop_limits: HopLimits,
+}
+
+/// The set of client SPKIs the listener accepts: pinned contacts' direct hop keys.
+#[derive(Debug, Default)]
+pub(crate) struct PinSet {
+    spkis: RwLock<HashSet<Vec<u8>>>,
+}
+
+impl ClientPins for PinSet {
+    fn allows(&self, spki: &[u8]) -> bool {
+        self.spkis.read().map(|s| s.contains(spki)).unwrap_or(false)
+    }
+}
+
+pub(crate) struct Inner {
+    pub(crate) db: Db,
+    pub(crate) db_path: PathBuf,
+    pub(crate) identity: Identity,
+    pub(crate) data_key: DataKey,
+    pub(crate) hop_key: HopKey,
+    pub(crate) limits: HopLimits,
+    pub(crate) events: broadcast::Sender<NodeEvent>,
+    pub(crate) shutdown: CancellationToken,
+    pub(crate) tracker: TaskTracker,
+    lines: Mutex<HashMap<String, mpsc::Sender<LineInput>>>,
+    server: Mutex<Option<Endpoint>>,
+    client: Mutex<Option<Endpoint>>,
+    pins: Arc<PinSet>,
+    next_hop: AtomicU64,
+}
+
+/// A running node. Cheap to clone.
+#[derive(Clone)]
+pub struct Node {
+    pub(crate) inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Node {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Node")
+            .field("name", &self.inner.identity.name())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Unix seconds now.
+pub fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Unix milliseconds now.
+pub fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+impl Node {
+    /// Starts a node on an open store. The caller holds the home lock for the node's life.
+    pub fn start(
+        db: Db,
+        db_path: PathBuf,
+        secrets: NodeSecrets,
+        options: NodeOptions,
+    ) -> Result<Node, NodeError> {
+        let hop_key = HopKey::from_seed(secrets.identity.hop_seed());
+        let (events, _) = broadcast::channel(8192);
+        Ok(Node {
+            inner: Arc::new(Inner {
+                db,
+                db_path,
+                identity: secrets.identity,
+                data_key: secrets.data_key,
+                hop_key,
+                limits: options.hop_limits,
+                events,
+                shutdown: CancellationToken::new(),
+                tracker: TaskTracker::new(),
+                lines: Mutex::new(HashMap::new()),
+                server: Mutex::new(None),
+                client: Mutex::new(None),
+                pins: Arc::new(PinSet::default()),
+                next_hop: AtomicU64::new(1),
+            }),
+        })
+    }
+
+    /// This node's identity.
+    pub fn identity(&self) -> &Identity {
+        &self.inner.identity
+    }
+
+    /// The store.
+    pub fn db(&self) -> &Db {
+        &self.inner.db
+    }
+
+    /// The data key (to open stored bodies).
+    pub fn data_key(&self) -> &DataKey {
+        &self.inner.data_key
+    }
+
+    /// Events from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<NodeEvent> {
+        self.inner.events.subscribe()
+    }
+
+    /// Cancelled when the node shuts down.
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.inner.shutdown.clone()
+    }
+
+    /// Accepts direct calls on `addr`; returns the bound address.
+    pub async fn listen(&self, addr: SocketAddr) -> Result<SocketAddr, NodeError> {
+        self.refresh_pins().await?;
+        let cfg = liaison_hop::server_config(
+            &self.inner.hop_key,
+            self.inner.pins.clone(),
+            &self.inner.limits,
+        )?;
+        let endpoint = liaison_hop::server_endpoint(addr, cfg)?;
+        let bound = endpoint
+            .local_addr()
+            .map_err(|e| NodeError::Other(format!("cannot read the bound address: {e}")))?;
+        if let Ok(mut s) = self.inner.server.lock() {
+            *s = Some(endpoint.clone());
+        }
+        let node = self.clone();
+        self.inner
+            .tracker
+            .spawn(async move { node.accept_loop(endpoint).await });
+        let node = self.clone();
+        self.inner.tracker.spawn(async move {
+            // contacts pinned by other commands while we run become callable within seconds
+            loop {
+                tokio::select! {
+                    _ = node.inner.shutdown.cancelled() => break,
+                    _ = tokio::time::sleep(Duration::from_secs(2)) => {
+                        if let Err(e) = node.refresh_pins().await {
+                            tracing::warn!("cannot refresh pinned keys: {e}");
+                        }
+                    }
+                }
+            }
+        });
+        Ok(bound)
+    }
+
+    async fn refresh_pins(&self) -> Result<(), NodeError> {
+        let path = self.inner.db_path.clone();
+        let rows = tokio::task::spawn_blocking(move || {
+            let conn = store::open_read_only(&path)?;
+            store::contacts(&conn)
+        })
+        .await
+        .map_err(|e| NodeError::Other(e.to_string()))??;
+        let set: HashSet<Vec<u8>> = rows
+            .iter()
+            .map(|c| liaison_hop::ed25519_spki(&c.hop).to_vec())
+            .collect();
+        if let Ok(mut s) = self.inner.pins.spkis.write() {
+            *s = set;
+        }
+        Ok(())
+    }
+
+    /// Starts line tasks for every contact with unacknowledged messages, so they are
+    /// delivered as contacts become reachable.
+    pub async fn resume_pending(&self) -> Result<usize, NodeError> {
+        let names: Vec<String> = self
+            .inner
+            .db
+            .write(|c| {
+                let mut st = c.prepare(
+                    "SELECT DISTINCT contact FROM outbox WHERE status IN ('pending', 'queued')",
+                )?;
+                let rows = st.query_map([], |r| r.get::<_, String>(0))?;
+                Ok(rows.collect::<Result<Vec<_>, _>>()?)
+            })
+            .await?;
+        for n in &names {
+            self.line(n).await?;
+        }
+        Ok(names.len())
+    }
+
+    /// The line task for `contact`, started if needed.
+    pub(crate) async fn line(&self, contact: &str) -> Result<mpsc::Sender<LineInput>, NodeError> {
+        if self.inner.shutdown.is_cancelled() {
+            return Err(NodeError::ShuttingDown);
+        }
+        if let Ok(lines) = self.inner.lines.lock()
+            && let Some(tx) = lines.get(contact)
+            && !tx.is_closed()
+        {
+            return Ok(tx.clone());
+        }
+        let name = contact.to_string();
+        let row = self
+            .inner
+            .db
+            .write(move |c| store::contact(c, &name))
+            .await?
+            .ok_or_else(|| NodeError::UnknownContact(contact.to_string()))?;
+        let unacked = {
+            let name = contact.to_string();
+            self.inner
+                .db
+                .write(move |c| store::outbox_unacked(c, &name))
+                .await?
+        };
+        let ahead = {
+            let name = contact.to_string();
+            let d = row.delivered_upto;
+            self.inner
+                .db
+                .write(move |c| store::inbox_ahead(c, &name, d))
+                .await?
+        };
+        let mut lines = self
+            .inner
+            .lines
+            .lock()
+            .map_err(|_| NodeError::Other("line table poisoned".into()))?;
+        if let Some(tx) = lines.get(contact)
+            && !tx.is_closed()
+        {
+            return Ok(tx.clone());
+        }
+        let (tx, rx) = mpsc::channel(1024);
+        let task = line_task::LineTask::new(self.clone(), row, unacked, ahead, tx.clone(), rx)?;
+        self.inner.tracker.spawn(task.run());
+        lines.insert(contact.to_string(), tx.clone());
+        Ok(tx)
+    }
+
+    /// Writes messages to the outbox (one transaction) and hands them to the line.
+    pub async fn submit(
+        &self,
+        contact: &str,
+        contents: Vec<MessageContent>,
+    ) -> Result<Vec<u64>, NodeError> {
+        let mut encoded = Vec::with_capacity(contents.len());
+        for c in &contents {
+            encoded.push(Arc::<[u8]>::from(
+                c.encode()
+                    .map_err(|e| NodeError::InvalidMessage(e.to_string()))?,
+            ));
+        }
+        let line = self.line(contact).await?;
+        let key = self.inner.data_key.clone();
+        let name = contact.to_string();
+        let enc = encoded.clone();
+        let now = unix_now();
+        let seqs = self
+            .inner
+            .db
+            .write(move |c| {
+                let mut seqs = Vec::with_capacity(enc.len());
+                for e in &enc {
+                    // the seq is fixed inside the transaction; seal with it as AAD
+                    let next: i64 = c.query_row(
+                        "SELECT next_seq FROM contacts WHERE name = ?1",
+                        [&name],
+                        |r| r.get(0),
+                    )?;
+                    let aad = atrest::body_aad(&name, Direction::Sent, store::u(next));
+                    let sealed = atrest::seal_body(&key, &aad, e)
+                        .map_err(|e| DbError::Invalid(e.to_string()))?;
+                    seqs.push(store::outbox_push(c, &name, now, &sealed)?);
+                }
+                Ok(seqs)
+            })
+            .await?;
+        for (seq, e) in seqs.iter().zip(encoded) {
+            line.send(LineInput::Submitted {
+                seq: *seq,
+                encoded: e,
+            })
+            .await
+            .map_err(|_| NodeError::ShuttingDown)?;
+        }
+        Ok(seqs)
+    }
+
+    /// Brings the line to `contact` up, dialing `addr` (or the stored address).
+    pub async fn connect(&self, contact: &str, addr: Option<String>) -> Result<(), NodeError> {
+        let line = self.line(contact).await?;
+        line.send(LineInput::Connect { addr })
+            .await
+            .map_err(|_| NodeError::ShuttingDown)
+    }
+
+    /// The state of one line (default if it has no task).
+    pub async fn line_status(&self, contact: &str) -> LineStatus {
+        let tx = self
+            .inner
+            .lines
+            .lock()
+            .ok()
+            .and_then(|l| l.get(contact).cloned());
+        let Some(tx) = tx else {
+            return LineStatus::default();
+        };
+        let (otx, orx) = oneshot::channel();
+        if tx.send(LineInput::Status(otx)).await.is_err() {
+            return LineStatus::default();
+        }
+        orx.await.unwrap_or_default()
+    }
+
+    pub(crate) fn emit(&self, ev: NodeEvent) {
+        let _ = self.inner.events.send(ev);
+    }
+
+    pub(crate) fn next_hop_id(&self) -> u64 {
+        self.inner.next_hop.fetch_add(1, Ordering::Relaxed)
+    }
+
+    fn client_endpoint(&self, peer: SocketAddr) -> Result<Endpoint, NodeError> {
+        if let Ok(s) = self.inner.server.lock()
+            && let Some(ep) = s.as_ref()
+            && ep
+                .local_addr()
+                .map(|a| a.is_ipv4() == peer.is_ipv4())
+                .unwrap_or(false)
+        {
+            return Ok(ep.clone());
+        }
+        let mut c = self
+            .inner
+            .client
+            .lock()
+            .map_err(|_| NodeError::Other("endpoint poisoned".into()))?;
+        if let Some(ep) = c.as_ref()
+            && ep
+                .local_addr()
+                .map(|a| a.is_ipv4() == peer.is_ipv4())
+                .unwrap_or(false)
+        {
+            return Ok(ep.clone());
+        }
+        let ep = liaison_hop::client_endpoint(peer)?;
+        *c = Some(ep.clone());
+        Ok(ep)
+    }
+
+    /// Dials a contact's direct hop; on success attaches it to `line`.
+    pub(crate) async fn dial(
+        &self,
+        hop_pub: [u8; 32],
+        addr: &str,
+        line: mpsc::Sender<LineInput>,
+    ) -> Result<(), liaison_hop::HopError> {
+        let target = resolve(addr).await?;
+        let endpoint = self
+            .client_endpoint(target)
+            .map_err(|e| liaison_hop::HopError::Local(e.to_string()))?;
+        let spki = liaison_hop::ed25519_spki(&hop_pub);
+        let hop = liaison_hop::connect(
+            &endpoint,
+            target,
+            &self.inner.hop_key,
+            &spki,
+            &self.inner.limits,
+        )
+        .await?;
+        self.attach(hop.conn, hop.reader, hop.writer, line);
+        Ok(())
+    }
+
+    fn attach(
+        &self,
+        conn: quinn::Connection,
+        mut reader: liaison_hop::HopReader,
+        mut writer: liaison_hop::HopWriter,
+        line: mpsc::Sender<LineInput>,
+    ) {
+        let id = self.next_hop_id();
+        let (wtx, mut wrx) = mpsc::channel::<Vec<u8>>(64);
+        let token = self.inner.shutdown.clone();
+        self.inner.tracker.spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = token.cancelled() => break,
+                    f = wrx.recv() => match f {
+                        Some(frame) => {
+                            if let Err(e) = writer.send_encoded(&frame).await {
+                                tracing::debug!("hop {id} write failed: {e}");
+                                break;
+                            }
+                        }
+                        None => break,
+                    }
+                }
+            }
+            writer.finish();
+        });
+        let token = self.inner.shutdown.clone();
+        let line2 = line.clone();
+        self.inner.tracker.spawn(async move {
+            let reason = loop {
+                let next = tokio::select! {
+                    _ = token.cancelled() => break close_code::SHUTDOWN,
+                    n = reader.next() => n,
+                };
+                match next {
+                    Ok(Some(HopFrame::Blob(b))) => {
+                        if line2
+                            .send(LineInput::Blob {
+                                hop: id,
+                                data: b.to_vec(),
+                            })
+                            .await
+                            .is_err()
+                        {
+                            break close_code::SHUTDOWN;
+                        }
+                    }
+                    Ok(Some(HopFrame::Err { code, .. })) => {
+                        tracing::info!("hop {id}: peer reports {}", hop_err::name(code));
+                        break close_code::BYE;
+                    }
+                    Ok(Some(_)) => {
+                        tracing::warn!("hop {id}: unexpected frame on a direct line");
+                        break close_code::MISBEHAVING;
+                    }
+                    Ok(None) => break close_code::BYE,
+                    Err(liaison_hop::HopError::Malformed(e)) => {
+                        tracing::warn!("hop {id}: malformed frame: {e}");
+                        break close_code::MALFORMED;
+                    }
+                    Err(e) => {
+                        tracing::debug!("hop {id} ended: {e}");
+                        break close_code::BYE;
+                    }
+                }
+            };
+            conn.close(VarInt::from_u32(reason), b"");
+            let _ = line2.send(LineInput::HopDown { hop: id }).await;
+        });
+        let line3 = line;
+        let tx = wtx;
+        self.inner.tracker.spawn(async move {
+            let _ = line3.send(LineInput::HopUp { hop: id, tx }).await;
+        });
+    }
+
+    async fn accept_loop(self, endpoint: Endpoint) {
+        loop {
+            let incoming = tokio::select! {
+                _ = self.inner.shutdown.cancelled() => break,
+                i = liaison_hop::accept_validated(&endpoint) => i,
+            };
+            let Some(incoming) = incoming else { break };
+            let node = self.clone();
+            self.inner.tracker.spawn(async move {
+                if let Err(e) = node.accept_one(incoming).await {
+                    tracing::info!("incoming connection refused: {e}");
+                }
+            });
+        }
+    }
+
+    async fn accept_one(&self, incoming: quinn::Incoming) -> Result<(), NodeError> {
+        let connecting = incoming.accept().map_err(liaison_hop::HopError::from)?;
+        let conn = tokio::time::timeout(self.inner.limits.hello_timeout, connecting)
+            .await
+            .map_err(|_| NodeError::Other("handshake timed out".into()))?
+            .map_err(liaison_hop::HopError::from)?;
+        let spki = liaison_hop::peer_spki(&conn)
+            .ok_or_else(|| NodeError::Other("no client certificate".into()))?;
+        let hop_pub: Option<[u8; 32]> = spki
+            .get(liaison_hop::tls::ED25519_SPKI_PREFIX.len()..)
+            .and_then(|k| k.try_into().ok());
+        let contact = match hop_pub {
+            Some(h) => {
+                self.inner
+                    .db
+                    .write(move |c| store::contact_by_hop(c, &h))
+                    .await?
+            }
+            None => None,
+        };
+        let Some(contact) = contact else {
+            conn.close(VarInt::from_u32(close_code::REFUSED), b"");
+            return Err(NodeError::Other("caller is not a pinned contact".into()));
+        };
+        let (reader, mut writer) = liaison_hop::accept_stream(&conn, &self.inner.limits).await?;
+        let line = self.line(&contact.name).await?;
+        writer
+            .send(&HopFrame::Ready {
+                version: PROTOCOL_VERSION,
+            })
+            .await?;
+        self.attach(conn, reader, writer, line);
+        Ok(())
+    }
+
+    /// Stops everything: no new work, tasks drained, QUIC closed. Nothing acknowledged is
+    /// lost because acks follow commits.
+    pub async fn shutdown(&self) {
+        self.inner.shutdown.cancel();
+        self.inner.tracker.close();
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.inner.tracker.wait()).await;
+        let eps: Vec<Endpoint> = [&self.inner.server, &self.inner.client]
+            .iter()
+            .filter_map(|m| m.lock().ok().and_then(|mut g| g.take()))
+            .collect();
+        for ep in eps {
+            ep.close(VarInt::from_u32(close_code::SHUTDOWN), b"");
+            let _ = tokio::time::timeout(Duration::from_secs(2), ep.wait_idle()).await;
+        }
+    }
+
+    /// Opens a stored body.
+    pub fn open_body(
+        &self,
+        contact: &str,
+        dir: Direction,
+        seq: u64,
+        sealed: &[u8],
+    ) -> Result<MessageContent, NodeError> {
+        open_content(&self.inner.data_key, contact, dir, seq, sealed)
+    }
+}
+
+/// Opens and decodes a stored message body.
+pub fn open_content(
+    key: &DataKey,
+    contact: &str,
+    dir: Direction,
+    seq: u64,
+    sealed: &[u8],
+) -> Result<MessageContent, NodeError> {
+    let aad = atrest::body_aad(contact, dir, seq);
+    let plain = atrest::open_body(key, &aad, sealed)?;
+    MessageContent::decode(&plain).map_err(|e| NodeError::Other(format!("stored message: {e}")))
+}
+
+/// Resolves `HOST:PORT` to one socket address.
+pub async fn resolve(addr: &str) -> Result<SocketAddr, liaison_hop::HopError> {
+    if let Ok(a) = addr.parse::<SocketAddr>() {
+        return Ok(a);
+    }
+    let mut it = tokio::net::lookup_host(addr)
+        .await
+        .map_err(|e| liaison_hop::HopError::Local(format!("cannot resolve {addr}: {e}")))?;
+    it.next()
+        .ok_or_else(|| liaison_hop::HopError::Local(format!("{addr} has no address")))
+}
