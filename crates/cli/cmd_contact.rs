@@ -126,9 +126,7 @@ fn add(ctx: &Ctx, a: AddArgs) -> CmdResult {
     let secrets = ctx.load_secrets(&home)?;
     let db = store::open(&home.db_path()).ctx("opening the message store")?;
     let name = a.name.clone();
-    let existing = db
-        .write_blocking(|c| store::contacts(c))
-        .ctx("reading contacts")?;
+    let existing = db.write_blocking(store::contacts).ctx("reading contacts")?;
     let exists = existing.iter().any(|c| c.name == name);
     if exists && !a.replace {
         return Err(runtime(format!(

@@ -173,7 +173,7 @@ pub async fn serve_connection(node: Node, stream: UnixStream) {
         Request::Status => {
             let names: Vec<String> = node
                 .db()
-                .write(|c| liaison_node::store::contacts(c))
+                .write(liaison_node::store::contacts)
                 .await
                 .map(|v| v.into_iter().map(|c| c.name).collect())
                 .unwrap_or_default();

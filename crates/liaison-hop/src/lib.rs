@@ -189,6 +189,37 @@ pub fn server_endpoint(addr: SocketAddr, cfg: quinn::ServerConfig) -> Result<End
     Endpoint::server(cfg, addr).map_err(|e| HopError::Local(format!("cannot bind {addr}: {e}")))
 }
 
+/// A server endpoint whose QUIC stateless-reset key is derived from `key`, so that after a
+/// crash and restart on the same port it resets peers' stale connections at once (RFC 9000
+/// §10.3) instead of leaving them to time out.
+pub fn server_endpoint_keyed(
+    addr: SocketAddr,
+    cfg: quinn::ServerConfig,
+    key: &HopKey,
+) -> Result<Endpoint, HopError> {
+    use sha2::Digest;
+    let mut h = sha2::Sha256::new();
+    h.update(b"liaison/1 quic-stateless-reset");
+    h.update(key.seed());
+    let secret: [u8; 32] = h.finalize().into();
+    let reset = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &secret);
+    let mut ep_cfg = quinn::EndpointConfig::new(Arc::new(reset));
+    // connection ids must also validate after a restart, or packets for old connections are
+    // dropped before a reset is considered
+    let mut cid_key = [0u8; 8];
+    cid_key.copy_from_slice(secret.get(..8).unwrap_or(&[0; 8]));
+    let cid_key = u64::from_le_bytes(cid_key);
+    ep_cfg.cid_generator(move || {
+        Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key))
+    });
+    let socket = std::net::UdpSocket::bind(addr)
+        .map_err(|e| HopError::Local(format!("cannot bind {addr}: {e}")))?;
+    let runtime = quinn::default_runtime()
+        .ok_or_else(|| HopError::Local("no async runtime for QUIC".into()))?;
+    Endpoint::new(ep_cfg, Some(cfg), socket, runtime)
+        .map_err(|e| HopError::Local(format!("cannot bind {addr}: {e}")))
+}
+
 /// The next incoming connection attempt whose address is validated. Unvalidated attempts are
 /// answered with a QUIC Retry (stateless), so spoofed sources cost the server nothing.
 /// Returns `None` when the endpoint is closed.

@@ -344,7 +344,9 @@ impl LineTask {
                 self.backoff = DIAL_BACKOFF_MIN;
                 self.next_dial = None;
                 if self.want_dial || self.sender.unacked_count() > 0 {
-                    self.line.connect(now, wall());
+                    // a new hop may mean the peer restarted and lost its sessions: confirm
+                    // with a fresh handshake (the current session keeps working meanwhile)
+                    self.line.rehandshake(now, wall());
                 }
             }
             LineInput::HopDown { hop } => {
@@ -487,7 +489,7 @@ impl LineTask {
         frame.push(hop_ty::BLOB);
         if self
             .line
-            .seal(Instant::now(), wall(), &pt, &mut frame)
+            .seal(Instant::now(), wall(), &pt, false, &mut frame)
             .is_ok()
         {
             patch_len(&mut frame);
@@ -660,7 +662,7 @@ impl LineTask {
             Vec::with_capacity(5 + liaison_wire::consts::DATA_HEADER_LEN + pt.len() + 16);
         frame.extend_from_slice(&[0; 4]);
         frame.push(hop_ty::BLOB);
-        match self.line.seal(now, wall(), &pt, &mut frame) {
+        match self.line.seal(now, wall(), &pt, n > 0, &mut frame) {
             Ok(()) => {
                 if with_ack {
                     self.ack_due = false;

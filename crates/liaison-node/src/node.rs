@@ -276,7 +276,7 @@ impl Node {
             self.inner.pins.clone(),
             &self.inner.limits,
         )?;
-        let endpoint = liaison_hop::server_endpoint(addr, cfg)?;
+        let endpoint = liaison_hop::server_endpoint_keyed(addr, cfg, &self.inner.hop_key)?;
         let bound = endpoint
             .local_addr()
             .map_err(|e| NodeError::Other(format!("cannot read the bound address: {e}")))?;
@@ -523,11 +523,13 @@ impl Node {
             &self.inner.limits,
         )
         .await?;
-        self.attach(hop.conn, hop.reader, hop.writer, line);
+        self.attach(hop.conn, hop.reader, hop.writer, line).await;
         Ok(())
     }
 
-    fn attach(
+    /// Starts the reader and writer tasks of a hop and hands it to the line; returns once the
+    /// line has it (so a dial reports success only after the hop is attached).
+    async fn attach(
         &self,
         conn: quinn::Connection,
         mut reader: liaison_hop::HopReader,
@@ -597,11 +599,7 @@ impl Node {
             conn.close(VarInt::from_u32(reason), b"");
             let _ = line2.send(LineInput::HopDown { hop: id }).await;
         });
-        let line3 = line;
-        let tx = wtx;
-        self.inner.tracker.spawn(async move {
-            let _ = line3.send(LineInput::HopUp { hop: id, tx }).await;
-        });
+        let _ = line.send(LineInput::HopUp { hop: id, tx: wtx }).await;
     }
 
     async fn accept_loop(self, endpoint: Endpoint) {
@@ -651,7 +649,7 @@ impl Node {
                 version: PROTOCOL_VERSION,
             })
             .await?;
-        self.attach(conn, reader, writer, line);
+        self.attach(conn, reader, writer, line).await;
         Ok(())
     }
 

@@ -114,7 +114,13 @@ pub struct Line {
     hs_window_count: u32,
     events: VecDeque<LineEvent>,
     resp_payload: Vec<u8>,
+    awaiting_reply_since: Option<Instant>,
 }
+
+/// WireGuard's rule: data sent and nothing authentic received for this long means the peer
+/// lost its session (e.g. it restarted): start a fresh handshake.
+pub const NO_REPLY_REHANDSHAKE: Duration =
+    Duration::from_secs(KEEPALIVE_TIMEOUT.as_secs() + REKEY_TIMEOUT.as_secs());
 
 impl std::fmt::Debug for Line {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -150,6 +156,7 @@ impl Line {
             hs_window_count: 0,
             events: VecDeque::new(),
             resp_payload: Vec::new(),
+            awaiting_reply_since: None,
         }
     }
 
@@ -193,6 +200,15 @@ impl Line {
     pub fn connect(&mut self, now: Instant, wall: Tai64N) {
         self.want = true;
         if self.sender_pos(now).is_none() && self.initiation.is_none() {
+            self.start_handshake(now, wall);
+        }
+    }
+
+    /// Starts a fresh handshake even if a session works, unless one is under way. Drivers call
+    /// this when a new hop comes up: the peer may have restarted and lost its sessions.
+    pub fn rehandshake(&mut self, now: Instant, wall: Tai64N) {
+        self.want = true;
+        if self.initiation.is_none() {
             self.start_handshake(now, wall);
         }
     }
@@ -272,11 +288,14 @@ impl Line {
 
     /// Encrypts one plaintext on the current session and appends the DATA blob to `out`.
     /// Without a usable session it starts a handshake and returns [`NotReady`].
+    /// `expects_reply` marks plaintexts the peer must answer (messages, which it acks): if no
+    /// authentic blob comes back within [`NO_REPLY_REHANDSHAKE`], a fresh handshake starts.
     pub fn seal(
         &mut self,
         now: Instant,
         wall: Tai64N,
         plaintext: &[u8],
+        expects_reply: bool,
         out: &mut Vec<u8>,
     ) -> Result<(), NotReady> {
         self.want = true;
@@ -292,6 +311,9 @@ impl Line {
         };
         match sealed {
             Ok(()) => {
+                if expects_reply && self.awaiting_reply_since.is_none() {
+                    self.awaiting_reply_since = Some(now);
+                }
                 self.maybe_rekey(now, wall, pos);
                 Ok(())
             }
@@ -414,6 +436,7 @@ impl Line {
         };
         match init.finish(sender_idx, receiver_idx, ct, msg2, now) {
             Ok((mut session, payload)) => {
+                self.awaiting_reply_since = None;
                 // key confirmation for the responder
                 let mut ka = Vec::with_capacity(DATA_HEADER_LEN + 64 + NOISE_TAG_LEN);
                 let keepalive = FrameWriter::default().finish();
@@ -467,6 +490,7 @@ impl Line {
         let newly_confirmed = !session.is_confirmed();
         match session.open_into(now, nonce, ciphertext, plaintext) {
             Ok(()) => {
+                self.awaiting_reply_since = None;
                 if newly_confirmed {
                     // the responder's session is now the newest confirmed one
                     self.events
@@ -496,12 +520,27 @@ impl Line {
         for s in &self.sessions {
             consider(s.created() + REJECT_AFTER_TIME);
         }
+        if let Some(since) = self.awaiting_reply_since
+            && self.initiation.is_none()
+        {
+            consider(since + NO_REPLY_REHANDSHAKE);
+        }
         t
     }
 
     /// Retries or abandons handshakes and drops expired sessions.
     pub fn handle_timeout(&mut self, now: Instant, wall: Tai64N) {
         self.sessions.retain(|s| s.can_receive(now));
+        if self.initiation.is_none()
+            && self
+                .awaiting_reply_since
+                .is_some_and(|t| now.saturating_duration_since(t) >= NO_REPLY_REHANDSHAKE)
+        {
+            // the peer stopped answering on this session: it may have lost it
+            self.awaiting_reply_since = Some(now);
+            self.start_handshake(now, wall);
+            return;
+        }
         let overdue = self
             .initiation
             .as_ref()

@@ -128,7 +128,11 @@ impl Node {
                 }
                 self.ack_due = false;
                 let mut blob = Vec::new();
-                if self.line.seal(now, wall, &w.finish(), &mut blob).is_err() {
+                if self
+                    .line
+                    .seal(now, wall, &w.finish(), n > 0, &mut blob)
+                    .is_err()
+                {
                     break;
                 }
                 self.out.push(blob);

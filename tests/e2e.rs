@@ -1,0 +1,14 @@
+//! End-to-end tests: the real `liaison` binary on 127.0.0.1 with ephemeral ports and a
+//! temporary home per node. One test binary; scenarios live in `tests/e2e/`.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
+
+#[path = "e2e/harness.rs"]
+mod harness;
+
+#[path = "e2e/direct.rs"]
+mod direct;
