@@ -21,3 +21,6 @@ pub mod pairing;
 pub mod pq;
 pub mod safety;
 pub mod session;
+
+#[cfg(test)]
+mod vectors;
