@@ -16,6 +16,7 @@ pub mod codec;
 pub mod consts;
 pub mod frame;
 pub mod hop;
+pub mod relay_card;
 
 pub use blob::{Blob, BlobError};
 pub use card::{Card, CardBody, CardFormatError, MailboxKeyPub};
