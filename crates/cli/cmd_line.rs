@@ -32,6 +32,10 @@ pub struct ListenArgs {
     /// bound address is printed as `listening on ADDR`).
     #[arg(long, value_name = "ADDR")]
     pub bind: Option<SocketAddr>,
+    /// Stay subscribed at this pinned relay (repeatable): contacts that name it, or name no
+    /// relay, can reach this node through it, and messages held for it there arrive.
+    #[arg(long = "relay", value_name = "RELAYNAME")]
+    pub relays: Vec<String>,
 }
 
 /// `liaison call`.
@@ -40,8 +44,11 @@ pub struct CallArgs {
     /// The contact to call.
     pub name: String,
     /// Where the contact listens (default: the address stored with the contact).
-    #[arg(long, value_name = "HOST:PORT")]
+    #[arg(long, value_name = "HOST:PORT", conflicts_with = "relay")]
     pub addr: Option<String>,
+    /// Meet the contact at this pinned relay instead.
+    #[arg(long, value_name = "RELAYNAME")]
+    pub relay: Option<String>,
     /// After stdin ends, wait this many seconds without progress for receipts.
     #[arg(long, default_value_t = 60, value_name = "SECS")]
     pub timeout: u64,
@@ -59,8 +66,12 @@ pub struct SendArgs {
     #[arg(long, value_name = "PATH")]
     pub file: Option<PathBuf>,
     /// Where the contact listens (default: the address stored with the contact).
-    #[arg(long, value_name = "HOST:PORT")]
+    #[arg(long, value_name = "HOST:PORT", conflicts_with = "relay")]
     pub addr: Option<String>,
+    /// Meet the contact at this pinned relay instead; if the contact is away, the message is
+    /// sealed to its mailbox key and held there (`queued`).
+    #[arg(long, value_name = "RELAYNAME")]
+    pub relay: Option<String>,
     /// Wait this many seconds for the receipt before reporting `pending` (exit 4).
     #[arg(long, default_value_t = 30, value_name = "SECS")]
     pub timeout: u64,
@@ -77,6 +88,9 @@ pub struct SendReq {
     pub file: Option<(String, String)>,
     /// Address override.
     pub addr: Option<String>,
+    /// Relay to meet at.
+    #[serde(default)]
+    pub relay: Option<String>,
     /// Seconds to wait for the receipt.
     pub timeout: u64,
     /// JSON output.
@@ -90,6 +104,9 @@ pub struct CallReq {
     pub contact: String,
     /// Address override.
     pub addr: Option<String>,
+    /// Relay to meet at.
+    #[serde(default)]
+    pub relay: Option<String>,
     /// Seconds without progress to wait for receipts after stdin ends.
     pub timeout: u64,
     /// stdin is a terminal.
@@ -206,21 +223,29 @@ pub async fn send_logic(node: &Node, req: SendReq, out: &mut dyn Out) -> Code {
         }
     };
     let reachable = req.addr.is_some()
-        || contact_has_addr(node, &req.contact).await
+        || req.relay.is_some()
+        || contact_has_route(node, &req.contact).await
         || node.line_status(&req.contact).await.hops > 0;
     if !reachable {
         report(
             out,
             "pending",
             &format!(
-                "no address for {c}: it stays in the outbox; give --addr HOST:PORT or run \
-                 `liaison contact set {c} --addr HOST:PORT`",
+                "no address or relay for {c}: it stays in the outbox; give --addr HOST:PORT or \
+                 --relay RELAYNAME, or store one with `liaison contact set {c}`",
                 c = req.contact
             ),
         );
         return Code::NotDelivered;
     }
-    if let Err(e) = node.connect(&req.contact, req.addr.clone()).await {
+    if let Err(e) = node
+        .connect_via(
+            &req.contact,
+            req.addr.clone(),
+            route_relay(node, &req.contact, &req.relay).await,
+        )
+        .await
+    {
         out.err(&format!("error: {e}"));
         return Code::Runtime;
     }
@@ -234,6 +259,18 @@ pub async fn send_logic(node: &Node, req: SendReq, out: &mut dyn Out) -> Code {
         match ev {
             Ok(NodeEvent::Delivered { to, seq: s, .. }) if to == req.contact && s == seq => {
                 report(out, "delivered", "");
+                return Code::Ok;
+            }
+            Ok(NodeEvent::Queued { to, seq: s, .. }) if to == req.contact && s == seq => {
+                report(
+                    out,
+                    "queued",
+                    &format!(
+                        "{} is away: the relay holds the message sealed to their mailbox key; \
+                         it is delivered when they come back",
+                        req.contact
+                    ),
+                );
                 return Code::Ok;
             }
             Ok(NodeEvent::DialFailed {
@@ -284,14 +321,28 @@ pub async fn send_logic(node: &Node, req: SendReq, out: &mut dyn Out) -> Code {
     Code::NotDelivered
 }
 
-async fn contact_has_addr(node: &Node, contact: &str) -> bool {
+async fn contact_has_route(node: &Node, contact: &str) -> bool {
     let name = contact.to_string();
     node.db()
         .write(move |c| store::contact(c, &name))
         .await
         .ok()
         .flatten()
-        .is_some_and(|r| r.addr.is_some())
+        .is_some_and(|r| r.addr.is_some() || r.relay.is_some())
+}
+
+/// The relay to meet `contact` at: the one asked for, else the one stored with the contact.
+async fn route_relay(node: &Node, contact: &str, asked: &Option<String>) -> Option<String> {
+    if asked.is_some() {
+        return asked.clone();
+    }
+    let name = contact.to_string();
+    node.db()
+        .write(move |c| store::contact(c, &name))
+        .await
+        .ok()
+        .flatten()
+        .and_then(|r| r.relay)
 }
 
 async fn status_of(node: &Node, contact: &str, seq: u64) -> Option<String> {
@@ -312,7 +363,8 @@ pub async fn call_logic(
 ) -> Code {
     let mut events = node.subscribe();
     let contact = req.contact.clone();
-    if let Err(e) = node.connect(&contact, req.addr.clone()).await {
+    let relay = route_relay(node, &contact, &req.relay).await;
+    if let Err(e) = node.connect_via(&contact, req.addr.clone(), relay).await {
         let f = node_failure(e);
         out.err(&format!("error: {}", f.msg));
         return f.code;
@@ -369,6 +421,12 @@ pub async fn call_logic(
                             }
                         }
                         NodeEvent::Message { from, .. } if *from == contact => show(out, &ev, req.json),
+                        NodeEvent::Queued { to, .. } if *to == contact => {
+                            last_progress = Instant::now();
+                            if req.interactive || req.json {
+                                show(out, &ev, req.json);
+                            }
+                        }
                         NodeEvent::DialFailed { contact: c, refused, .. } if *c == contact => {
                             show(out, &ev, req.json);
                             if *refused {
@@ -476,6 +534,7 @@ pub fn send(ctx: &Ctx, a: SendArgs) -> CmdResult {
         text: a.text,
         file: file.map(|(n, b)| (n, STANDARD.encode(b))),
         addr: a.addr,
+        relay: a.relay,
         timeout: a.timeout,
         json: ctx.json,
     };
@@ -534,6 +593,7 @@ pub fn call(ctx: &Ctx, a: CallArgs) -> CmdResult {
     let req = CallReq {
         contact: a.name,
         addr: a.addr,
+        relay: a.relay,
         timeout: a.timeout,
         interactive: std::io::stdin().is_terminal(),
         json: ctx.json,
@@ -573,12 +633,12 @@ async fn interrupted() {
 
 /// `liaison listen`.
 pub fn listen(ctx: &Ctx, a: ListenArgs) -> CmdResult {
-    let Some(bind) = a.bind else {
+    if a.bind.is_none() && a.relays.is_empty() {
         return Err(usage(
             "nothing to listen on: pass --bind ADDR (e.g. --bind 0.0.0.0:7700, or 127.0.0.1:0 \
-             for a free port)",
+             for a free port) and/or --relay RELAYNAME",
         ));
-    };
+    }
     let home: Home = ctx.open_home()?;
     let lock = ctx.lock(&home)?;
     let secrets = ctx.load_secrets(&home)?;
@@ -588,21 +648,37 @@ pub fn listen(ctx: &Ctx, a: ListenArgs) -> CmdResult {
         let db = store::open(&home.db_path()).ctx("opening the message store")?;
         let node = Node::start(db, home.db_path(), secrets, NodeOptions::default())
             .ctx("starting the node")?;
-        let addr = match node.listen(bind).await {
-            Ok(a) => a,
-            Err(e) => {
-                node.shutdown().await;
-                return Err(runtime(format!("cannot listen on {bind}: {e}")));
-            }
+        let addr = match a.bind {
+            Some(bind) => match node.listen(bind).await {
+                Ok(a) => Some(a),
+                Err(e) => {
+                    node.shutdown().await;
+                    return Err(runtime(format!("cannot listen on {bind}: {e}")));
+                }
+            },
+            None => None,
         };
+        for r in &a.relays {
+            if let Err(e) = node.use_relay(r).await {
+                node.shutdown().await;
+                return Err(runtime(format!("relay {r}: {e}")));
+            }
+        }
         let control =
             ControlListener::bind(&home.control_socket_path()).ctx("opening the control socket")?;
         let mut events = node.subscribe();
-        eprintln!("listening on {addr}");
+        match addr {
+            Some(addr) => eprintln!("listening on {addr}"),
+            None => eprintln!("listening on relay {}", a.relays.join(", ")),
+        }
         if json {
             println!(
                 "{}",
-                serde_json::json!({"event": "listening", "addr": addr.to_string()})
+                serde_json::json!({
+                    "event": "listening",
+                    "addr": addr.map(|a| a.to_string()),
+                    "relays": a.relays,
+                })
             );
         }
         if let Err(e) = node.resume_pending().await {

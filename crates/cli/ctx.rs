@@ -94,6 +94,14 @@ impl Ctx {
 
     /// Loads and decrypts the node's secrets.
     pub fn load_secrets(&self, home: &Home) -> Result<NodeSecrets, Failure> {
+        Ok(self.load_secrets_keeping_passphrase(home)?.0)
+    }
+
+    /// Loads the secrets and keeps the passphrase, to write the key file back after a change.
+    pub fn load_secrets_keeping_passphrase(
+        &self,
+        home: &Home,
+    ) -> Result<(NodeSecrets, Option<Zeroizing<String>>), Failure> {
         let path = home.keys_path();
         let encrypted = liaison_node::keyfile::is_encrypted(&path).map_err(secrets_failure_kf)?;
         let pass = if encrypted {
@@ -101,7 +109,9 @@ impl Ctx {
         } else {
             None
         };
-        NodeSecrets::load(&path, pass.as_ref().map(|p| p.as_bytes())).map_err(secrets_failure)
+        let secrets = NodeSecrets::load(&path, pass.as_ref().map(|p| p.as_bytes()))
+            .map_err(secrets_failure)?;
+        Ok((secrets, pass))
     }
 
     /// This node's own card (public file, no passphrase needed).

@@ -10,6 +10,7 @@ mod cmd_contact;
 mod cmd_identity;
 mod cmd_line;
 mod cmd_messages;
+mod cmd_relay;
 mod control;
 mod ctx;
 mod demo;
@@ -91,6 +92,9 @@ enum Command {
     Outbox(cmd_messages::OutboxArgs),
     /// Per contact: line up or not, last seen, pending messages.
     Status,
+    /// Run a relay (operators), or pin relays on this node.
+    #[command(subcommand)]
+    Relay(cmd_relay::RelayCmd),
     /// Run two nodes on loopback in temporary homes and show a verified call, step by step.
     Demo(demo::DemoArgs),
 }
@@ -136,6 +140,7 @@ fn main() -> ExitCode {
         Command::History(a) => cmd_messages::history(&ctx, a),
         Command::Outbox(a) => cmd_messages::outbox(&ctx, a),
         Command::Status => cmd_messages::status(&ctx),
+        Command::Relay(c) => cmd_relay::run(&ctx, c),
         Command::Demo(a) => demo::run(&ctx, a),
     };
     match result {

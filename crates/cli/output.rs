@@ -73,6 +73,12 @@ pub fn render(ev: &NodeEvent, json: bool) -> (Option<String>, Option<String>) {
         ),
         NodeEvent::Message { id, .. } => (Some(format!("[{id}] (empty)")), None),
         NodeEvent::Delivered { id, .. } => (Some(format!("delivered {id}")), None),
+        NodeEvent::Queued { id, to, .. } => (
+            Some(format!("queued {id}")),
+            Some(format!(
+                "{to} is away: a relay holds {id} sealed to {to}'s mailbox key until {to} comes back"
+            )),
+        ),
         NodeEvent::LineUp { contact } => (None, Some(format!("line to {contact} is up"))),
         NodeEvent::Unreachable { contact } => (
             None,

@@ -7,4 +7,5 @@ pub mod home;
 pub mod keyfile;
 pub mod line_task;
 pub mod node;
+pub mod relay_client;
 pub mod secrets;

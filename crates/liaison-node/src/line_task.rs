@@ -1,47 +1,101 @@
 //! One task per line: drives a contact's [`Line`] (sessions) and [`Sender`]/[`Receiver`]
-//! (delivery) with real time, the store and the attached hops.
+//! (delivery) with real time, the store and the attached hops — direct QUIC connections and
+//! relays.
 //!
 //! Order of effects, which is what makes delivery exactly-once across crashes:
 //! - received messages are stored (with the new `delivered_upto`) in one committed
-//!   transaction **before** the ACK that covers them is sent;
+//!   transaction **before** the ACK that covers them is sent, and before a relay is told it may
+//!   delete the envelope that carried them;
 //! - handshake timestamps are persisted before the handshake message that carries them;
 //! - our messages are in the outbox before they are first sent, and stay there until the
-//!   peer's ACK is committed as `delivered`.
+//!   peer's ACK is committed as `delivered` (a relay's ACK only makes them `queued`).
 //!
-//! The task never blocks on a hop: frames go out through `reserve()` on the newest hop's
+//! Peer away: when a relay answers `NO_SUBSCRIBER` to our handshake, or a handshake through a
+//! relay does not confirm within `REKEY_TIMEOUT`, unacknowledged messages are sealed to the
+//! peer's mailbox key (its newest in-band key, else its card's) and posted with `store = 1`,
+//! unless the contact is `--live-only`. Envelopes we receive are opened with our mailbox ring;
+//! their messages are stored like live ones, then acknowledged to the relay and, when no live
+//! session exists, to the sender by an envelope carrying our ACK.
+//!
+//! The task never blocks on a hop: frames go out through `reserve()` on the chosen hop's
 //! bounded queue, so inbound traffic (and its acks) keeps flowing under backpressure.
 
 use crate::atrest::{self, Direction};
 use crate::node::{LineStatus, Node, NodeError, NodeEvent, open_content, unix_now};
+use crate::relay_client::{Registration, RelayClient};
 use crate::store::{self, ContactRow, OutboxRow};
 use liaison_proto::delivery::{FragmentOutcome, Receiver, Sender};
+use liaison_proto::envelope;
 use liaison_proto::handshake::Tai64N;
-use liaison_proto::keys::PeerKeys;
+use liaison_proto::inbox::InboxKeys;
+use liaison_proto::keys::{LocalKeys, PeerKeys};
 use liaison_proto::line::{Line, LineEvent, Received};
-use liaison_wire::frame::{Frame, FrameWriter, Frames, MSG_KIND_FILE, MessageContent};
-use liaison_wire::hop::{ty as hop_ty, write_blob_header};
-use std::collections::HashMap;
+use liaison_proto::mailbox_ring::{PeerKeyOutcome, PeerMailboxKeys};
+use liaison_wire::card::{Card, MailboxKeyPub};
+use liaison_wire::consts::{
+    BLOB_ENVELOPE, ENVELOPE_ID_LEN, FRAME_MBOX_KEY, MAX_HS_RESP_PAYLOAD, REKEY_TIMEOUT,
+};
+use liaison_wire::frame::{
+    Frame, FrameWriter, Frames, MSG_KIND_FILE, MessageContent, fragment, fragment_count,
+};
+use liaison_wire::hop::{HopFrame, InboxId, err as hop_err, ty as hop_ty};
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::{mpsc, oneshot};
 use zeroize::Zeroizing;
 
+/// How a hop carries our blobs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HopKind {
+    /// A direct QUIC connection to the peer: `BLOB` frames.
+    Direct,
+    /// A relay: `POST(dst, store, blob)` frames to the peer's inbox `dst`.
+    Relay {
+        /// The inbox we post to.
+        dst: InboxId,
+    },
+}
+
 /// Inputs of a line task.
 #[derive(Debug)]
 pub enum LineInput {
-    /// A blob arrived on hop `hop`.
+    /// A blob arrived on a direct hop `hop`.
     Blob {
         /// Hop id.
         hop: u64,
         /// The blob.
         data: Vec<u8>,
     },
-    /// A hop to the peer is up; frames for it go to `tx`.
+    /// A relay delivered a blob for one of our inboxes.
+    RelayDeliver {
+        /// The relay's hop id.
+        hop: u64,
+        /// Set when the relay stored it (an envelope to acknowledge once handled).
+        envelope_id: Option<[u8; ENVELOPE_ID_LEN]>,
+        /// The blob.
+        blob: Vec<u8>,
+    },
+    /// A relay refused one of our posts.
+    RelayError {
+        /// Error code.
+        code: u16,
+        /// `SHA-256(blob)[..16]` of the post.
+        reference: [u8; ENVELOPE_ID_LEN],
+    },
+    /// A relay durably stored one of our envelopes.
+    EnvelopeStored {
+        /// Its id.
+        reference: [u8; ENVELOPE_ID_LEN],
+    },
+    /// A hop to the peer is up (or changed); frames for it go to `tx`.
     HopUp {
         /// Hop id.
         hop: u64,
-        /// The hop writer's queue.
+        /// The hop writer's queue (encoded hop frames).
         tx: mpsc::Sender<Vec<u8>>,
+        /// How to frame blobs for it.
+        kind: HopKind,
     },
     /// A hop went away.
     HopDown {
@@ -55,10 +109,12 @@ pub enum LineInput {
         /// Encoded content.
         encoded: Arc<[u8]>,
     },
-    /// The user wants the line up (dial `addr` or the stored address).
+    /// The user wants the line up: dial `addr` (or the stored address) and/or meet at `relay`.
     Connect {
         /// Address override.
         addr: Option<String>,
+        /// A relay to meet the contact at.
+        relay: Option<RelayClient>,
     },
     /// A dial attempt ended.
     DialDone {
@@ -74,17 +130,22 @@ pub enum LineInput {
 struct HopLink {
     id: u64,
     tx: mpsc::Sender<Vec<u8>>,
+    kind: HopKind,
 }
 
 const DIAL_BACKOFF_MIN: Duration = Duration::from_secs(1);
 const DIAL_BACKOFF_MAX: Duration = Duration::from_secs(60);
 const ANOMALY_LOG_EVERY: Duration = Duration::from_secs(60);
+const REGISTER_EVERY: Duration = Duration::from_secs(3600);
 const MAX_BATCH: usize = 256;
+const MAX_ENVELOPES_PER_ROUND: usize = 64;
 
 pub(crate) struct LineTask {
     node: Node,
     name: String,
     hop_pub: [u8; 32],
+    local: LocalKeys,
+    peer: PeerKeys,
     line: Line,
     sender: Sender,
     receiver: Receiver,
@@ -93,6 +154,7 @@ pub(crate) struct LineTask {
     tx_self: mpsc::Sender<LineInput>,
     rx: mpsc::Receiver<LineInput>,
     stored_addr: Option<String>,
+    stored_relay: Option<String>,
     dial_addr: Option<String>,
     want_dial: bool,
     dialing: bool,
@@ -102,6 +164,19 @@ pub(crate) struct LineTask {
     anomalies: HashMap<&'static str, (Instant, u64)>,
     last_touch: Option<Instant>,
     pt: Vec<u8>,
+    // relays and envelopes
+    inbox: Option<InboxKeys>,
+    relays: Vec<RelayClient>,
+    registered_at: Option<Instant>,
+    live_only: bool,
+    card_mbox: Option<MailboxKeyPub>,
+    peer_mbox: PeerMailboxKeys,
+    enveloped: BTreeSet<u64>,
+    pending_env: HashMap<[u8; ENVELOPE_ID_LEN], Vec<u64>>,
+    peer_away: bool,
+    relay_attempt_since: Option<Instant>,
+    mbox_due: bool,
+    env_ack_due: bool,
 }
 
 fn wall() -> Tai64N {
@@ -109,6 +184,31 @@ fn wall() -> Tai64N {
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default();
     Tai64N::from_unix(d.as_secs(), d.subsec_nanos())
+}
+
+/// Starts a hop frame for `kind`; the blob is appended after it and [`patch_len`] fixes the
+/// length.
+fn frame_prefix(kind: HopKind, store: bool, out: &mut Vec<u8>) {
+    out.extend_from_slice(&[0; 4]);
+    match kind {
+        HopKind::Direct => out.push(hop_ty::BLOB),
+        HopKind::Relay { dst } => {
+            out.push(hop_ty::POST);
+            out.extend_from_slice(&dst);
+            out.push(u8::from(store));
+        }
+    }
+}
+
+fn mbox_payload(key: Option<MailboxKeyPub>) -> Vec<u8> {
+    let Some(bytes) = key.and_then(|k| k.encode().ok()) else {
+        return Vec::new();
+    };
+    let mut w = FrameWriter::new(MAX_HS_RESP_PAYLOAD);
+    if !w.raw(FRAME_MBOX_KEY, &bytes) {
+        return Vec::new();
+    }
+    w.finish()
 }
 
 impl LineTask {
@@ -137,23 +237,39 @@ impl LineTask {
             noise: row.noise,
             pairing,
         };
-        let line = Line::new(
-            node.identity().local_keys(),
-            peer,
+        let local = node.identity().local_keys();
+        let mut line = Line::new(
+            local.clone(),
+            peer.clone(),
             Tai64N(row.hs_sent_ts),
             Tai64N(row.hs_accepted_ts),
         );
+        line.set_response_payload(mbox_payload(node.current_mailbox_key()));
         let mut sender = Sender::new(row.acked_upto);
+        let mut enveloped = BTreeSet::new();
         for o in unacked {
             let aad = atrest::body_aad(&row.name, Direction::Sent, o.seq);
             let plain = atrest::open_body(node.data_key(), &aad, &o.body)?;
             sender.push(o.seq, Arc::from(plain.as_slice()));
+            if o.status == store::status::QUEUED {
+                // a relay already holds it sealed: do not seal it again
+                enveloped.insert(o.seq);
+            }
         }
         let receiver = Receiver::new(row.delivered_upto, ahead);
+        let card_mbox = Card::from_bytes(&row.card).ok().map(|c| c.body.mailbox);
+        let peer_mbox = row
+            .peer_mbox
+            .as_deref()
+            .and_then(|b| PeerMailboxKeys::from_bytes(b, &row.identity).ok())
+            .unwrap_or_default();
+        let inbox = InboxKeys::new(&local, &peer);
         Ok(LineTask {
             node,
             name: row.name,
             hop_pub: row.hop,
+            local,
+            peer,
             line,
             sender,
             receiver,
@@ -162,6 +278,7 @@ impl LineTask {
             tx_self,
             rx,
             stored_addr: row.addr,
+            stored_relay: row.relay,
             dial_addr: None,
             want_dial: false,
             dialing: false,
@@ -171,6 +288,18 @@ impl LineTask {
             anomalies: HashMap::new(),
             last_touch: None,
             pt: Vec::with_capacity(65_536),
+            inbox,
+            relays: Vec::new(),
+            registered_at: None,
+            live_only: row.live_only,
+            card_mbox,
+            peer_mbox,
+            enveloped,
+            pending_env: HashMap::new(),
+            peer_away: false,
+            relay_attempt_since: None,
+            mbox_due: false,
+            env_ack_due: false,
         })
     }
 
@@ -179,6 +308,10 @@ impl LineTask {
             self.line.poll_timeout(),
             self.sender.poll_timeout(),
             self.next_dial.filter(|_| self.should_dial()),
+            self.relay_attempt_since.map(|t| t + REKEY_TIMEOUT),
+            self.registered_at
+                .filter(|_| !self.relays.is_empty())
+                .map(|t| t + REGISTER_EVERY),
         ]
         .into_iter()
         .flatten()
@@ -186,7 +319,7 @@ impl LineTask {
     }
 
     fn should_dial(&self) -> bool {
-        self.hops.is_empty()
+        !self.hops.iter().any(|h| h.kind == HopKind::Direct)
             && !self.dialing
             && (self.want_dial || self.sender.unacked_count() > 0)
             && self
@@ -196,14 +329,34 @@ impl LineTask {
                 .is_some()
     }
 
+    /// The hop to send on: the newest direct hop, else the newest relay.
+    fn send_hop(&self) -> Option<&HopLink> {
+        self.hops
+            .iter()
+            .rev()
+            .find(|h| h.kind == HopKind::Direct)
+            .or_else(|| self.hops.last())
+    }
+
+    fn relay_hop(&self) -> Option<&HopLink> {
+        self.hops
+            .iter()
+            .rev()
+            .find(|h| matches!(h.kind, HopKind::Relay { .. }))
+    }
+
     fn wants_to_send(&self, now: Instant) -> bool {
         !self.hops.is_empty()
             && self.line.is_ready(now)
-            && (self.ack_due || self.sender.has_pending())
+            && (self.ack_due || self.sender.has_pending() || self.mbox_due)
     }
 
     pub(crate) async fn run(mut self) {
         let token = self.node.shutdown_token();
+        let stored_relay = self.stored_relay.clone();
+        for rc in self.node.relays_for(stored_relay.as_deref()) {
+            self.register(rc).await;
+        }
         loop {
             let now = Instant::now();
             if self.should_dial() && self.next_dial.is_none_or(|t| t <= now) {
@@ -215,9 +368,9 @@ impl LineTask {
                 && !self.line.is_handshaking()
             {
                 self.line.connect(now, wall());
-                if self.process_events().await.is_err() {
-                    break;
-                }
+            }
+            if self.process_events().await.is_err() {
+                break;
             }
             let deadline = self.next_deadline();
             let sleep = async {
@@ -227,10 +380,11 @@ impl LineTask {
                 }
             };
             let send_ready = self.wants_to_send(now);
-            let hop_tx = self.hops.last().map(|h| h.tx.clone());
-            let reserve = async {
-                match (&hop_tx, send_ready) {
-                    (Some(tx), true) => tx.reserve().await.ok(),
+            let hop = self.send_hop().map(|h| (h.tx.clone(), h.kind, h.id));
+            let hop_tx = hop.as_ref().map(|h| h.0.clone());
+            let reserve = async move {
+                match (hop_tx, send_ready) {
+                    (Some(tx), true) => tx.reserve_owned().await.ok(),
                     _ => std::future::pending().await,
                 }
             };
@@ -244,24 +398,45 @@ impl LineTask {
                     }
                 }
                 permit = reserve => {
-                    match permit {
-                        Some(permit) => {
-                            if let Some(frame) = self.build_data_frame(Instant::now()) {
+                    match (permit, hop) {
+                        (Some(permit), Some((_, kind, _))) => {
+                            if let Some(frame) = self.build_data_frame(Instant::now(), kind) {
                                 permit.send(frame);
                             }
                         }
-                        None => {
+                        (_, Some((_, _, id))) => {
                             // the hop writer is gone
-                            if let Some(h) = self.hops.pop() {
-                                tracing::debug!(contact = %self.name, "hop {} closed", h.id);
-                            }
+                            self.hops.retain(|h| h.id != id);
+                            tracing::debug!(contact = %self.name, "hop {id} closed");
                         }
+                        _ => {}
                     }
                 }
                 _ = sleep => {
                     let now = Instant::now();
                     self.line.handle_timeout(now, wall());
                     self.sender.handle_timeout(now);
+                    if self
+                        .relay_attempt_since
+                        .is_some_and(|t| now.duration_since(t) >= REKEY_TIMEOUT)
+                    {
+                        // the peer did not answer through the relay in time: it is away
+                        self.relay_attempt_since = None;
+                        if !self.line.is_ready(now) {
+                            self.peer_away = true;
+                            self.seal_pending();
+                        }
+                    }
+                    if self
+                        .registered_at
+                        .is_some_and(|t| now.duration_since(t) >= REGISTER_EVERY)
+                    {
+                        // inbox ids roll over daily: subscribe the current window again
+                        let relays = std::mem::take(&mut self.relays);
+                        for rc in relays {
+                            self.register(rc).await;
+                        }
+                    }
                 }
             }
             if self.process_events().await.is_err() {
@@ -269,6 +444,23 @@ impl LineTask {
             }
         }
         tracing::debug!(contact = %self.name, "line task stopped");
+    }
+
+    async fn register(&mut self, rc: RelayClient) {
+        let Some(inbox) = &self.inbox else {
+            return;
+        };
+        let now = unix_now();
+        let reg = Registration {
+            contact: self.name.clone(),
+            line: self.tx_self.clone(),
+            recv: inbox.recv_inboxes(now),
+            send: inbox.send_inbox(now),
+        };
+        if rc.register(reg).await {
+            self.relays.push(rc);
+            self.registered_at = Some(Instant::now());
+        }
     }
 
     fn start_dial(&mut self) {
@@ -301,52 +493,119 @@ impl LineTask {
 
     /// Handles one input and whatever else is already queued (batching stores).
     async fn handle_inputs(&mut self, first: LineInput) -> Result<(), NodeError> {
-        let mut to_store: Vec<(u64, MessageContent)> = Vec::new();
-        let mut acked_upto: Option<u64> = None;
+        let mut batch = Batch::default();
         let mut next = Some(first);
         let mut n = 0;
         while let Some(input) = next.take() {
             n += 1;
-            self.handle_input(input, &mut to_store, &mut acked_upto)?;
+            self.handle_input(input, &mut batch).await?;
             if n >= MAX_BATCH {
                 break;
             }
             next = self.rx.try_recv().ok();
         }
-        if !to_store.is_empty() {
-            self.store_received(to_store).await?;
+        let stored_any = !batch.to_store.is_empty();
+        if stored_any {
+            self.store_received(std::mem::take(&mut batch.to_store))
+                .await?;
         }
-        if let Some(upto) = acked_upto {
+        if let Some(upto) = batch.acked_upto {
             self.commit_acked(upto).await?;
+        }
+        if let Some(key) = batch.peer_mbox {
+            self.accept_peer_mbox(key).await;
+        }
+        // everything those envelopes carried is durable: the relay may forget them
+        for (hop, id) in batch.relay_acks {
+            self.send_relay_ack(hop, id);
+        }
+        if (stored_any && batch.via_envelope) || self.env_ack_due {
+            self.env_ack_due = !self.line.is_ready(Instant::now());
+            if self.env_ack_due {
+                self.send_ack_envelope();
+            }
         }
         Ok(())
     }
 
-    fn handle_input(
-        &mut self,
-        input: LineInput,
-        to_store: &mut Vec<(u64, MessageContent)>,
-        acked_upto: &mut Option<u64>,
-    ) -> Result<(), NodeError> {
+    async fn handle_input(&mut self, input: LineInput, b: &mut Batch) -> Result<(), NodeError> {
         let now = Instant::now();
         match input {
             LineInput::Blob { hop, data } => {
                 let mut pt = std::mem::take(&mut self.pt);
                 if self.line.handle_blob(now, &data, &mut pt) == Received::Plaintext {
                     self.touch(now);
-                    self.on_plaintext(now, hop, &pt, to_store, acked_upto);
+                    self.on_plaintext(now, Some(hop), &pt, b);
                 }
                 self.pt = pt;
             }
-            LineInput::HopUp { hop, tx } => {
-                tracing::debug!(contact = %self.name, "hop {hop} attached");
-                self.hops.push(HopLink { id: hop, tx });
-                self.backoff = DIAL_BACKOFF_MIN;
-                self.next_dial = None;
+            LineInput::RelayDeliver {
+                hop,
+                envelope_id,
+                blob,
+            } => {
+                if blob.first() == Some(&BLOB_ENVELOPE) {
+                    self.on_envelope(now, hop, envelope_id, &blob, b);
+                } else {
+                    if let Some(id) = envelope_id {
+                        // a stored blob that is not an envelope: not ours to keep
+                        b.relay_acks.push((hop, id));
+                    }
+                    let mut pt = std::mem::take(&mut self.pt);
+                    if self.line.handle_blob(now, &blob, &mut pt) == Received::Plaintext {
+                        self.touch(now);
+                        self.on_plaintext(now, None, &pt, b);
+                    }
+                    self.pt = pt;
+                }
+            }
+            LineInput::RelayError { code, reference } => {
+                if code == hop_err::NO_SUBSCRIBER {
+                    if !self.line.is_ready(now) {
+                        self.peer_away = true;
+                        self.seal_pending();
+                    }
+                } else if let Some(seqs) = self.pending_env.remove(&reference) {
+                    for s in seqs {
+                        self.enveloped.remove(&s);
+                    }
+                    tracing::warn!(contact = %self.name, "relay refused an envelope: {}", hop_err::name(code));
+                    self.node.emit(NodeEvent::DialFailed {
+                        contact: self.name.clone(),
+                        error: format!(
+                            "the relay refused to hold a message: {}",
+                            hop_err::name(code)
+                        ),
+                        refused: false,
+                    });
+                } else {
+                    tracing::info!(contact = %self.name, "relay error: {}", hop_err::name(code));
+                }
+            }
+            LineInput::EnvelopeStored { reference } => {
+                if let Some(seqs) = self.pending_env.remove(&reference) {
+                    self.mark_queued(seqs).await?;
+                }
+            }
+            LineInput::HopUp { hop, tx, kind } => {
+                tracing::debug!(contact = %self.name, "hop {hop} attached ({kind:?})");
+                if let Some(h) = self.hops.iter_mut().find(|h| h.id == hop) {
+                    h.tx = tx;
+                    h.kind = kind;
+                } else {
+                    self.hops.push(HopLink { id: hop, tx, kind });
+                }
+                if kind == HopKind::Direct {
+                    self.backoff = DIAL_BACKOFF_MIN;
+                    self.next_dial = None;
+                }
                 if self.want_dial || self.sender.unacked_count() > 0 {
                     // a new hop may mean the peer restarted and lost its sessions: confirm
                     // with a fresh handshake (the current session keeps working meanwhile)
                     self.line.rehandshake(now, wall());
+                    if matches!(kind, HopKind::Relay { .. }) {
+                        self.relay_attempt_since = Some(now);
+                    }
                 }
             }
             LineInput::HopDown { hop } => {
@@ -357,14 +616,20 @@ impl LineTask {
                 self.sender.push(seq, encoded);
                 if !self.hops.is_empty() && !self.line.is_ready(now) {
                     self.line.connect(now, wall());
+                    if self.peer_away {
+                        self.seal_pending();
+                    }
                 }
             }
-            LineInput::Connect { addr } => {
+            LineInput::Connect { addr, relay } => {
                 if addr.is_some() {
                     self.dial_addr = addr;
                 }
                 self.want_dial = true;
                 self.next_dial = None;
+                if let Some(rc) = relay {
+                    self.register(rc).await;
+                }
                 if !self.hops.is_empty() {
                     self.line.connect(now, wall());
                 }
@@ -415,14 +680,38 @@ impl LineTask {
         });
     }
 
-    fn on_plaintext(
+    fn on_envelope(
         &mut self,
         now: Instant,
         hop: u64,
-        pt: &[u8],
-        to_store: &mut Vec<(u64, MessageContent)>,
-        acked_upto: &mut Option<u64>,
+        envelope_id: Option<[u8; ENVELOPE_ID_LEN]>,
+        blob: &[u8],
+        b: &mut Batch,
     ) {
+        let opened = {
+            let Ok(ring) = self.node.inner.mailbox.lock() else {
+                return;
+            };
+            envelope::open(&self.local, &self.peer, |id| ring.find(id), blob)
+        };
+        match opened {
+            Ok(env) => {
+                self.touch(now);
+                b.via_envelope = true;
+                self.on_plaintext(now, None, env.frames(), b);
+            }
+            Err(e) => {
+                tracing::warn!(contact = %self.name, "envelope refused: {e}");
+                self.note_anomaly(now, "bad-envelope");
+            }
+        }
+        // acknowledged to the relay once what it carried is stored (or when it is useless)
+        if let Some(id) = envelope_id {
+            b.relay_acks.push((hop, id));
+        }
+    }
+
+    fn on_plaintext(&mut self, now: Instant, hop: Option<u64>, pt: &[u8], b: &mut Batch) {
         for frame in Frames::new(pt) {
             let frame = match frame {
                 Ok(f) => f,
@@ -430,7 +719,9 @@ impl LineTask {
                     // authenticated but malformed: the peer's software is broken
                     tracing::warn!(contact = %self.name, "malformed frames from the peer: {e}");
                     self.note_anomaly(now, "malformed-frame");
-                    self.close_hop(hop, liaison_wire::frame::close_reason::MALFORMED);
+                    if let Some(h) = hop {
+                        self.close_hop(h, liaison_wire::frame::close_reason::MALFORMED);
+                    }
                     return;
                 }
             };
@@ -448,7 +739,7 @@ impl LineTask {
                     {
                         Ok(FragmentOutcome::Complete { seq, encoded }) => {
                             match MessageContent::decode(&encoded) {
-                                Ok(c) => to_store.push((seq, c)),
+                                Ok(c) => b.to_store.push((seq, c)),
                                 Err(e) => {
                                     tracing::warn!(contact = %self.name, seq, "undecodable message: {e}");
                                     self.receiver.abandon(seq);
@@ -459,34 +750,67 @@ impl LineTask {
                         Ok(_) => {}
                         Err(_) => {
                             self.note_anomaly(now, "bad-fragment");
-                            self.close_hop(hop, liaison_wire::frame::close_reason::MISBEHAVING);
+                            if let Some(h) = hop {
+                                self.close_hop(h, liaison_wire::frame::close_reason::MISBEHAVING);
+                            }
                             return;
                         }
                     }
                 }
                 Frame::Ack { delivered_upto } => {
                     if delivered_upto > self.sender.acked_upto() {
-                        *acked_upto =
-                            Some(acked_upto.map_or(delivered_upto, |a| a.max(delivered_upto)));
+                        b.acked_upto = Some(
+                            b.acked_upto
+                                .map_or(delivered_upto, |a| a.max(delivered_upto)),
+                        );
                     }
                 }
+                Frame::MboxKey(bytes) => match MailboxKeyPub::decode(bytes) {
+                    Ok(k) => b.peer_mbox = Some(k),
+                    Err(_) => self.note_anomaly(now, "bad-mailbox-key"),
+                },
                 Frame::Close { reason } => {
                     tracing::info!(contact = %self.name, "peer closed the session (reason {reason})");
                 }
-                Frame::MboxKey(_) | Frame::Card(_) | Frame::Audit(_) => {
+                Frame::Card(_) | Frame::Audit(_) => {
                     tracing::debug!(contact = %self.name, "ignoring a frame this version does not use yet");
                 }
             }
         }
     }
 
+    async fn accept_peer_mbox(&mut self, key: MailboxKeyPub) {
+        match self
+            .peer_mbox
+            .accept_peer_key(&key, &self.peer.identity, unix_now())
+        {
+            Ok(PeerKeyOutcome::Accepted) => {
+                if let Ok(bytes) = self.peer_mbox.to_bytes() {
+                    let name = self.name.clone();
+                    let _ = self
+                        .node
+                        .db()
+                        .write(move |c| store::set_peer_mbox(c, &name, &bytes))
+                        .await;
+                }
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(contact = %self.name, "mailbox key refused: {e}");
+                self.note_anomaly(Instant::now(), "bad-mailbox-key");
+            }
+        }
+    }
+
     fn close_hop(&mut self, hop: u64, reason: u8) {
+        let Some(kind) = self.hops.iter().find(|h| h.id == hop).map(|h| h.kind) else {
+            return;
+        };
         let mut w = FrameWriter::default();
         w.raw(liaison_wire::consts::FRAME_CLOSE, &[reason]);
         let pt = w.finish();
         let mut frame = Vec::new();
-        frame.extend_from_slice(&[0; 4]);
-        frame.push(hop_ty::BLOB);
+        frame_prefix(kind, false, &mut frame);
         if self
             .line
             .seal(Instant::now(), wall(), &pt, false, &mut frame)
@@ -497,8 +821,10 @@ impl LineTask {
                 let _ = h.tx.try_send(frame);
             }
         }
-        // dropping our side of the hop closes it once the writer drains
-        self.hops.retain(|h| h.id != hop);
+        if kind == HopKind::Direct {
+            // dropping our side of a direct hop closes it once the writer drains
+            self.hops.retain(|h| h.id != hop);
+        }
     }
 
     fn note_anomaly(&mut self, now: Instant, kind: &'static str) {
@@ -525,6 +851,170 @@ impl LineTask {
                     .await;
             });
         }
+    }
+
+    /// Seals every unacknowledged message not yet in an envelope to the peer's mailbox and
+    /// posts the envelopes for the relay to hold.
+    fn seal_pending(&mut self) {
+        if self.live_only {
+            return;
+        }
+        let Some((tx, dst)) = self.relay_hop().and_then(|h| match h.kind {
+            HopKind::Relay { dst } => Some((h.tx.clone(), dst)),
+            HopKind::Direct => None,
+        }) else {
+            return;
+        };
+        let Some(card_key) = self.card_mbox.clone() else {
+            return;
+        };
+        let mailbox = self
+            .peer_mbox
+            .key_for_sending(unix_now(), &card_key)
+            .clone();
+        let todo: Vec<u64> = self
+            .sender
+            .unacked_seqs()
+            .filter(|s| !self.enveloped.contains(s))
+            .collect();
+        let mut envelopes = 0;
+        let mut w = envelope::envelope_frame_writer();
+        let mut done_in_w: Vec<u64> = Vec::new();
+        let mut wrote = false;
+        if self.receiver.delivered_upto() > 0 {
+            wrote = w.ack(self.receiver.delivered_upto());
+        }
+        for seq in todo {
+            let Some(encoded) = self.sender.message(seq).cloned() else {
+                continue;
+            };
+            let count = fragment_count(encoded.len());
+            for idx in 0..count {
+                let chunk = fragment(&encoded, idx);
+                if !w.msg(seq, idx, count, chunk) {
+                    // full: seal what we have and start another envelope
+                    if !self.post_envelope(&tx, dst, &mailbox, w, std::mem::take(&mut done_in_w)) {
+                        return;
+                    }
+                    envelopes += 1;
+                    if envelopes >= MAX_ENVELOPES_PER_ROUND {
+                        return;
+                    }
+                    w = envelope::envelope_frame_writer();
+                    if !w.msg(seq, idx, count, chunk) {
+                        return;
+                    }
+                }
+                wrote = true;
+            }
+            self.enveloped.insert(seq);
+            done_in_w.push(seq);
+        }
+        if wrote && !done_in_w.is_empty() {
+            self.post_envelope(&tx, dst, &mailbox, w, done_in_w);
+        }
+    }
+
+    fn post_envelope(
+        &mut self,
+        tx: &mpsc::Sender<Vec<u8>>,
+        dst: InboxId,
+        mailbox: &MailboxKeyPub,
+        w: FrameWriter,
+        seqs: Vec<u64>,
+    ) -> bool {
+        let frames = w.finish();
+        let blob = match envelope::seal(
+            &self.local,
+            self.node.identity().signing_key(),
+            &self.peer,
+            mailbox,
+            &frames,
+        ) {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::warn!(contact = %self.name, "cannot seal an envelope: {e}");
+                for s in &seqs {
+                    self.enveloped.remove(s);
+                }
+                return false;
+            }
+        };
+        let id = envelope::envelope_id(&blob);
+        let mut frame = Vec::with_capacity(blob.len() + 22);
+        frame_prefix(HopKind::Relay { dst }, true, &mut frame);
+        frame.extend_from_slice(&blob);
+        patch_len(&mut frame);
+        if tx.try_send(frame).is_err() {
+            for s in &seqs {
+                self.enveloped.remove(s);
+            }
+            return false;
+        }
+        self.pending_env.insert(id, seqs);
+        true
+    }
+
+    /// With no live session, our ACK reaches the peer sealed in an envelope.
+    fn send_ack_envelope(&mut self) {
+        if self.live_only || self.receiver.delivered_upto() == 0 {
+            return;
+        }
+        let Some((tx, dst)) = self.relay_hop().and_then(|h| match h.kind {
+            HopKind::Relay { dst } => Some((h.tx.clone(), dst)),
+            HopKind::Direct => None,
+        }) else {
+            return;
+        };
+        let Some(card_key) = self.card_mbox.clone() else {
+            return;
+        };
+        let mailbox = self
+            .peer_mbox
+            .key_for_sending(unix_now(), &card_key)
+            .clone();
+        let mut w = envelope::envelope_frame_writer();
+        if w.ack(self.receiver.delivered_upto()) {
+            self.post_envelope(&tx, dst, &mailbox, w, Vec::new());
+        }
+        self.env_ack_due = false;
+    }
+
+    fn send_relay_ack(&mut self, hop: u64, id: [u8; ENVELOPE_ID_LEN]) {
+        if let Some(h) = self.hops.iter().find(|h| h.id == hop) {
+            let _ = h.tx.try_send(HopFrame::Ack { envelope_id: id }.to_vec());
+        }
+    }
+
+    async fn mark_queued(&mut self, seqs: Vec<u64>) -> Result<(), NodeError> {
+        if seqs.is_empty() {
+            return Ok(());
+        }
+        let name = self.name.clone();
+        let s2 = seqs.clone();
+        let changed = self
+            .node
+            .db()
+            .write(move |c| {
+                let mut changed = Vec::new();
+                for s in s2 {
+                    if store::outbox_status(c, &name, s)?.as_deref() == Some(store::status::PENDING)
+                        && store::outbox_set_status(c, &name, s, store::status::QUEUED, unix_now())?
+                    {
+                        changed.push(s);
+                    }
+                }
+                Ok(changed)
+            })
+            .await?;
+        for seq in changed {
+            self.node.emit(NodeEvent::Queued {
+                to: self.name.clone(),
+                id: format!("{}:{seq}", self.name),
+                seq,
+            });
+        }
+        Ok(())
     }
 
     async fn store_received(&mut self, items: Vec<(u64, MessageContent)>) -> Result<(), NodeError> {
@@ -589,6 +1079,7 @@ impl LineTask {
             .write(move |c| store::outbox_acked(c, &name, upto, unix_now()))
             .await?;
         self.sender.on_ack(Instant::now(), upto);
+        self.enveloped.retain(|s| *s > upto);
         for seq in changed {
             self.node.emit(NodeEvent::Delivered {
                 to: self.name.clone(),
@@ -617,19 +1108,23 @@ impl LineTask {
                         .await?;
                 }
                 LineEvent::Transmit(blob) => {
-                    let mut frame = Vec::with_capacity(blob.len() + 5);
-                    write_blob_header(&mut frame, blob.len());
-                    frame.extend_from_slice(&blob);
-                    if let Some(h) = self.hops.last()
-                        && h.tx.try_send(frame).is_err()
-                    {
-                        tracing::debug!(contact = %self.name, "hop queue full; handshake blob dropped");
+                    if let Some(h) = self.send_hop() {
+                        let mut frame = Vec::with_capacity(blob.len() + 22);
+                        frame_prefix(h.kind, false, &mut frame);
+                        frame.extend_from_slice(&blob);
+                        patch_len(&mut frame);
+                        if h.tx.try_send(frame).is_err() {
+                            tracing::debug!(contact = %self.name, "hop queue full; handshake blob dropped");
+                        }
                     }
                 }
                 LineEvent::Ready { fresh } => {
                     if fresh {
                         self.sender.rewind();
                     }
+                    self.mbox_due = true;
+                    self.peer_away = false;
+                    self.relay_attempt_since = None;
                 }
                 LineEvent::Unreachable => {
                     self.line.stand_down();
@@ -650,22 +1145,34 @@ impl LineTask {
         Ok(())
     }
 
-    fn build_data_frame(&mut self, now: Instant) -> Option<Vec<u8>> {
+    fn build_data_frame(&mut self, now: Instant, kind: HopKind) -> Option<Vec<u8>> {
         let mut w = FrameWriter::default();
         let with_ack = self.ack_due && w.ack(self.receiver.delivered_upto());
+        let mut with_mbox = false;
+        if self.mbox_due
+            && let Some(bytes) = self
+                .node
+                .current_mailbox_key()
+                .and_then(|k| k.encode().ok())
+        {
+            with_mbox = w.raw(FRAME_MBOX_KEY, &bytes);
+        }
         let n = self.sender.fill(now, &mut w);
-        if n == 0 && !with_ack {
+        if n == 0 && !with_ack && !with_mbox {
+            self.mbox_due = false;
             return None;
         }
         let pt = w.finish();
         let mut frame =
-            Vec::with_capacity(5 + liaison_wire::consts::DATA_HEADER_LEN + pt.len() + 16);
-        frame.extend_from_slice(&[0; 4]);
-        frame.push(hop_ty::BLOB);
+            Vec::with_capacity(22 + liaison_wire::consts::DATA_HEADER_LEN + pt.len() + 16);
+        frame_prefix(kind, false, &mut frame);
         match self.line.seal(now, wall(), &pt, n > 0, &mut frame) {
             Ok(()) => {
                 if with_ack {
                     self.ack_due = false;
+                }
+                if with_mbox {
+                    self.mbox_due = false;
                 }
                 patch_len(&mut frame);
                 Some(frame)
@@ -677,6 +1184,15 @@ impl LineTask {
             }
         }
     }
+}
+
+#[derive(Default)]
+struct Batch {
+    to_store: Vec<(u64, MessageContent)>,
+    acked_upto: Option<u64>,
+    peer_mbox: Option<MailboxKeyPub>,
+    relay_acks: Vec<(u64, [u8; ENVELOPE_ID_LEN])>,
+    via_envelope: bool,
 }
 
 fn patch_len(frame: &mut [u8]) {

@@ -12,10 +12,12 @@
 
 use crate::atrest::{self, DataKey, Direction};
 use crate::line_task::{self, LineInput};
+use crate::relay_client::{self, RelayClient};
 use crate::secrets::NodeSecrets;
 use crate::store::{self, Db, DbError};
 use liaison_hop::{ClientPins, HopKey, HopLimits};
 use liaison_proto::identity::Identity;
+use liaison_proto::mailbox_ring::MailboxRing;
 use liaison_wire::consts::PROTOCOL_VERSION;
 use liaison_wire::frame::MessageContent;
 use liaison_wire::hop::{HopFrame, err as hop_err};
@@ -70,6 +72,15 @@ pub enum NodeEvent {
     },
     /// The peer acknowledged one of our messages end to end.
     Delivered {
+        /// Contact name.
+        to: String,
+        /// `CONTACT:SEQ`.
+        id: String,
+        /// Our seq.
+        seq: u64,
+    },
+    /// A relay durably holds a sealed envelope with this message (not yet a receipt).
+    Queued {
         /// Contact name.
         to: String,
         /// `CONTACT:SEQ`.
@@ -177,6 +188,9 @@ pub(crate) struct Inner {
     pub(crate) shutdown: CancellationToken,
     pub(crate) tracker: TaskTracker,
     lines: Mutex<HashMap<String, mpsc::Sender<LineInput>>>,
+    pub(crate) relay_seeds: Vec<(String, liaison_proto::keys::Secret32)>,
+    relays: Mutex<HashMap<String, RelayClient>>,
+    pub(crate) mailbox: Mutex<MailboxRing>,
     server: Mutex<Option<Endpoint>>,
     client: Mutex<Option<Endpoint>>,
     pins: Arc<PinSet>,
@@ -223,7 +237,8 @@ impl Node {
     ) -> Result<Node, NodeError> {
         let hop_key = HopKey::from_seed(secrets.identity.hop_seed());
         let (events, _) = broadcast::channel(8192);
-        Ok(Node {
+        let ring = load_mailbox_ring(&db_path, &secrets)?;
+        let node = Node {
             inner: Arc::new(Inner {
                 db,
                 db_path,
@@ -235,12 +250,144 @@ impl Node {
                 shutdown: CancellationToken::new(),
                 tracker: TaskTracker::new(),
                 lines: Mutex::new(HashMap::new()),
+                relay_seeds: secrets.relays,
+                relays: Mutex::new(HashMap::new()),
+                mailbox: Mutex::new(ring),
                 server: Mutex::new(None),
                 client: Mutex::new(None),
                 pins: Arc::new(PinSet::default()),
                 next_hop: AtomicU64::new(1),
             }),
-        })
+        };
+        node.start_mailbox_rotation();
+        Ok(node)
+    }
+
+    /// Keeps the mailbox ring fresh: a new key daily, expired ones erased, persisted sealed.
+    fn start_mailbox_rotation(&self) {
+        let node = self.clone();
+        self.inner.tracker.spawn(async move {
+            loop {
+                let now = unix_now();
+                let changed = {
+                    let Ok(mut ring) = node.inner.mailbox.lock() else {
+                        return;
+                    };
+                    let rotated = ring
+                        .rotate(node.inner.identity.signing_key(), now)
+                        .map(|k| k.is_some())
+                        .unwrap_or(false);
+                    let pruned = !ring.prune(now).is_empty();
+                    rotated || pruned
+                };
+                if changed && let Err(e) = node.save_mailbox_ring().await {
+                    tracing::warn!("cannot store mailbox keys: {e}");
+                }
+                tokio::select! {
+                    _ = node.inner.shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(Duration::from_secs(3600)) => {}
+                }
+            }
+        });
+    }
+
+    async fn save_mailbox_ring(&self) -> Result<(), NodeError> {
+        let bytes = {
+            let ring = self
+                .inner
+                .mailbox
+                .lock()
+                .map_err(|_| NodeError::Other("mailbox ring poisoned".into()))?;
+            ring.to_bytes()
+                .map_err(|e| NodeError::Other(format!("mailbox ring: {e}")))?
+        };
+        let sealed = atrest::seal_body(&self.inner.data_key, MAILBOX_RING_AAD, &bytes)?;
+        self.inner
+            .db
+            .write(move |c| store::meta_set(c, MAILBOX_RING_KEY, &sealed))
+            .await?;
+        Ok(())
+    }
+
+    /// Our mailbox key to advertise to peers now (message 2 payloads, MBOX_KEY frames).
+    pub fn current_mailbox_key(&self) -> Option<liaison_wire::card::MailboxKeyPub> {
+        self.inner
+            .mailbox
+            .lock()
+            .ok()
+            .map(|r| r.current_for_peers(unix_now()).clone())
+    }
+
+    /// Starts (once) the client of pinned relay `name`, and the lines of every contact that
+    /// meets there (contacts naming this relay, or naming none).
+    pub async fn use_relay(&self, name: &str) -> Result<(), NodeError> {
+        self.relay_client(name).await?;
+        let n = name.to_string();
+        let contacts = self.inner.db.write(store::contacts).await?;
+        for c in contacts {
+            if c.relay.as_deref().is_none_or(|r| r == n) {
+                self.line(&c.name).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The client of pinned relay `name`, started if needed.
+    pub(crate) async fn relay_client(&self, name: &str) -> Result<RelayClient, NodeError> {
+        if let Some(c) = self
+            .inner
+            .relays
+            .lock()
+            .ok()
+            .and_then(|m| m.get(name).cloned())
+        {
+            return Ok(c);
+        }
+        let n = name.to_string();
+        let row = self
+            .inner
+            .db
+            .write(move |c| store::relay(c, &n))
+            .await?
+            .ok_or_else(|| {
+                NodeError::Other(format!(
+                    "no relay named {name}: pin it with `liaison relay add {name} CARD`"
+                ))
+            })?;
+        let seed = self
+            .inner
+            .relay_seeds
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, s)| s.clone())
+            .ok_or_else(|| {
+                NodeError::Other(format!(
+                    "this node has no hop key for relay {name}: run `liaison relay add {name} CARD --replace`"
+                ))
+            })?;
+        let mut map = self
+            .inner
+            .relays
+            .lock()
+            .map_err(|_| NodeError::Other("relay table poisoned".into()))?;
+        if let Some(c) = map.get(name) {
+            return Ok(c.clone());
+        }
+        let client = relay_client::start(self.clone(), row, HopKey::from_seed(&seed));
+        map.insert(name.to_string(), client.clone());
+        Ok(client)
+    }
+
+    /// The running relay clients a contact meets at: the one it names, or every running one
+    /// when it names none.
+    pub(crate) fn relays_for(&self, contact_relay: Option<&str>) -> Vec<RelayClient> {
+        let Ok(map) = self.inner.relays.lock() else {
+            return Vec::new();
+        };
+        match contact_relay {
+            Some(r) => map.get(r).cloned().into_iter().collect(),
+            None => map.values().cloned().collect(),
+        }
     }
 
     /// This node's identity.
@@ -443,8 +590,23 @@ impl Node {
 
     /// Brings the line to `contact` up, dialing `addr` (or the stored address).
     pub async fn connect(&self, contact: &str, addr: Option<String>) -> Result<(), NodeError> {
+        self.connect_via(contact, addr, None).await
+    }
+
+    /// Brings the line to `contact` up: dials `addr` (or the stored address) and/or meets the
+    /// contact at relay `relay` (or the relay stored with the contact, if this node runs it).
+    pub async fn connect_via(
+        &self,
+        contact: &str,
+        addr: Option<String>,
+        relay: Option<String>,
+    ) -> Result<(), NodeError> {
         let line = self.line(contact).await?;
-        line.send(LineInput::Connect { addr })
+        let relay = match relay {
+            Some(r) => Some(self.relay_client(&r).await?),
+            None => None,
+        };
+        line.send(LineInput::Connect { addr, relay })
             .await
             .map_err(|_| NodeError::ShuttingDown)
     }
@@ -475,7 +637,7 @@ impl Node {
         self.inner.next_hop.fetch_add(1, Ordering::Relaxed)
     }
 
-    fn client_endpoint(&self, peer: SocketAddr) -> Result<Endpoint, NodeError> {
+    pub(crate) fn client_endpoint_for(&self, peer: SocketAddr) -> Result<Endpoint, NodeError> {
         if let Ok(s) = self.inner.server.lock()
             && let Some(ep) = s.as_ref()
             && ep
@@ -512,7 +674,7 @@ impl Node {
     ) -> Result<(), liaison_hop::HopError> {
         let target = resolve(addr).await?;
         let endpoint = self
-            .client_endpoint(target)
+            .client_endpoint_for(target)
             .map_err(|e| liaison_hop::HopError::Local(e.to_string()))?;
         let spki = liaison_hop::ed25519_spki(&hop_pub);
         let hop = liaison_hop::connect(
@@ -599,7 +761,13 @@ impl Node {
             conn.close(VarInt::from_u32(reason), b"");
             let _ = line2.send(LineInput::HopDown { hop: id }).await;
         });
-        let _ = line.send(LineInput::HopUp { hop: id, tx: wtx }).await;
+        let _ = line
+            .send(LineInput::HopUp {
+                hop: id,
+                tx: wtx,
+                kind: crate::line_task::HopKind::Direct,
+            })
+            .await;
     }
 
     async fn accept_loop(self, endpoint: Endpoint) {
@@ -678,6 +846,27 @@ impl Node {
         sealed: &[u8],
     ) -> Result<MessageContent, NodeError> {
         open_content(&self.inner.data_key, contact, dir, seq, sealed)
+    }
+}
+
+const MAILBOX_RING_KEY: &str = "mailbox_ring";
+const MAILBOX_RING_AAD: &[u8] = b"liaison/1 mailbox-ring";
+
+fn load_mailbox_ring(
+    db_path: &std::path::Path,
+    secrets: &NodeSecrets,
+) -> Result<MailboxRing, NodeError> {
+    let conn = store::open_read_only(db_path)?;
+    match store::meta_get(&conn, MAILBOX_RING_KEY)? {
+        Some(sealed) => {
+            let plain = atrest::open_body(&secrets.data_key, MAILBOX_RING_AAD, &sealed)?;
+            MailboxRing::from_bytes(&plain, &secrets.identity.identity_public())
+                .map_err(|e| NodeError::Other(format!("stored mailbox keys are damaged: {e}")))
+        }
+        None => Ok(MailboxRing::new(
+            secrets.identity.mailbox().clone(),
+            unix_now(),
+        )),
     }
 }
 

@@ -67,7 +67,8 @@ CREATE TABLE IF NOT EXISTS contacts (
     hs_accepted_ts BLOB NOT NULL DEFAULT x'000000000000000000000000',
     next_seq INTEGER NOT NULL DEFAULT 1,
     acked_upto INTEGER NOT NULL DEFAULT 0,
-    delivered_upto INTEGER NOT NULL DEFAULT 0
+    delivered_upto INTEGER NOT NULL DEFAULT 0,
+    peer_mbox BLOB
 );
 CREATE TABLE IF NOT EXISTS outbox (
     contact TEXT NOT NULL,
@@ -85,6 +86,14 @@ CREATE TABLE IF NOT EXISTS inbox (
     received INTEGER NOT NULL,
     body BLOB NOT NULL,
     PRIMARY KEY (contact, seq)
+);
+CREATE TABLE IF NOT EXISTS relays (
+    name TEXT PRIMARY KEY,
+    card TEXT NOT NULL,
+    relay_key BLOB NOT NULL,
+    addr TEXT NOT NULL,
+    our_key BLOB NOT NULL,
+    added INTEGER NOT NULL
 );
 CREATE TABLE IF NOT EXISTS events (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -282,10 +291,13 @@ pub struct ContactRow {
     pub acked_upto: u64,
     /// We stored the peer's messages up to here.
     pub delivered_upto: u64,
+    /// The peer's newest in-band mailbox key (`PeerMailboxKeys` storage form).
+    pub peer_mbox: Option<Vec<u8>>,
 }
 
 const CONTACT_COLS: &str = "name, card, identity, noise, hop, addr, relay, live_only, verified, \
-    pairing, added, last_seen, hs_sent_ts, hs_accepted_ts, next_seq, acked_upto, delivered_upto";
+    pairing, added, last_seen, hs_sent_ts, hs_accepted_ts, next_seq, acked_upto, delivered_upto, \
+    peer_mbox";
 
 fn ts12(v: Vec<u8>) -> [u8; 12] {
     <[u8; 12]>::try_from(v).unwrap_or([0; 12])
@@ -315,6 +327,7 @@ fn contact_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Result<ContactRow
             next_seq: u(r.get(14)?),
             acked_upto: u(r.get(15)?),
             delivered_upto: u(r.get(16)?),
+            peer_mbox: r.get(17)?,
         })
     })();
     Ok(row.map_err(|e: DbError| e))
@@ -499,6 +512,31 @@ pub fn reset_replay(conn: &Connection, name: &str) -> Result<bool, DbError> {
         "UPDATE contacts SET hs_accepted_ts = x'000000000000000000000000' WHERE name = ?1",
         [name],
     )? > 0)
+}
+
+/// Stores the peer's newest in-band mailbox key.
+pub fn set_peer_mbox(conn: &Connection, name: &str, bytes: &[u8]) -> Result<(), DbError> {
+    conn.execute(
+        "UPDATE contacts SET peer_mbox = ?2 WHERE name = ?1",
+        params![name, bytes],
+    )?;
+    Ok(())
+}
+
+/// A value from the `meta` table.
+pub fn meta_get(conn: &Connection, key: &str) -> Result<Option<Vec<u8>>, DbError> {
+    Ok(conn
+        .query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
+        .optional()?)
+}
+
+/// Sets a value in the `meta` table.
+pub fn meta_set(conn: &Connection, key: &str, value: &[u8]) -> Result<(), DbError> {
+    conn.execute(
+        "INSERT OR REPLACE INTO meta (key, value) VALUES (?1, ?2)",
+        params![key, value],
+    )?;
+    Ok(())
 }
 
 /// Records authentic traffic from a contact.
@@ -769,6 +807,91 @@ pub fn inbox_get(conn: &Connection, contact: &str, seq: u64) -> Result<Option<In
             },
         )
         .optional()?)
+}
+
+/// A pinned relay.
+#[derive(Debug, Clone)]
+pub struct RelayRow {
+    /// Local name.
+    pub name: String,
+    /// Its `liaison-relay:` card text.
+    pub card: String,
+    /// The relay's hop public key (pinned as SPKI).
+    pub relay_key: [u8; 32],
+    /// Its public address.
+    pub addr: String,
+    /// Our hop public key for this relay.
+    pub our_key: [u8; 32],
+    /// Unix seconds when pinned.
+    pub added: u64,
+}
+
+type RelayTuple = (String, String, Vec<u8>, String, Vec<u8>, i64);
+
+fn relay_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RelayTuple> {
+    Ok((
+        r.get(0)?,
+        r.get(1)?,
+        r.get(2)?,
+        r.get(3)?,
+        r.get(4)?,
+        r.get(5)?,
+    ))
+}
+
+fn relay_from(t: RelayTuple) -> Result<RelayRow, DbError> {
+    Ok(RelayRow {
+        name: t.0,
+        card: t.1,
+        relay_key: key32(t.2)?,
+        addr: t.3,
+        our_key: key32(t.4)?,
+        added: u(t.5),
+    })
+}
+
+/// Pins (or, with `replace`, re-pins) a relay.
+pub fn add_relay(conn: &Connection, r: &RelayRow, replace: bool) -> Result<(), DbError> {
+    let sql = if replace {
+        "INSERT OR REPLACE INTO relays (name, card, relay_key, addr, our_key, added) VALUES (?1, ?2, ?3, ?4, ?5, ?6)"
+    } else {
+        "INSERT INTO relays (name, card, relay_key, addr, our_key, added) VALUES (?1, ?2, ?3, ?4, ?5, ?6)"
+    };
+    conn.execute(
+        sql,
+        params![
+            r.name,
+            r.card,
+            &r.relay_key[..],
+            r.addr,
+            &r.our_key[..],
+            i(r.added)
+        ],
+    )?;
+    Ok(())
+}
+
+/// All pinned relays.
+pub fn relays(conn: &Connection) -> Result<Vec<RelayRow>, DbError> {
+    let mut st = conn
+        .prepare("SELECT name, card, relay_key, addr, our_key, added FROM relays ORDER BY name")?;
+    let rows = st.query_map([], relay_row)?;
+    let mut out = Vec::new();
+    for r in rows {
+        out.push(relay_from(r?)?);
+    }
+    Ok(out)
+}
+
+/// One pinned relay.
+pub fn relay(conn: &Connection, name: &str) -> Result<Option<RelayRow>, DbError> {
+    let mut st = conn.prepare(
+        "SELECT name, card, relay_key, addr, our_key, added FROM relays WHERE name = ?1",
+    )?;
+    match st.query_row([name], relay_row).optional()? {
+        Some(t) => Ok(Some(relay_from(t)?)),
+        None => Ok(None),
+    }
 }
 
 /// Appends to the local event log (key events, anomalies, line events).

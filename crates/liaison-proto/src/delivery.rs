@@ -56,6 +56,11 @@ impl Sender {
         self.unacked.len()
     }
 
+    /// The encoded content of an unacknowledged message.
+    pub fn message(&self, seq: u64) -> Option<&Arc<[u8]>> {
+        self.unacked.get(&seq).map(|m| &m.encoded)
+    }
+
     /// Seqs not yet acknowledged, in order.
     pub fn unacked_seqs(&self) -> impl Iterator<Item = u64> + '_ {
         self.unacked.keys().copied()

@@ -12,11 +12,14 @@
 //! - [`delivery`]: sequence numbers, cumulative acks, retransmission, fragmentation.
 
 pub mod delivery;
+pub mod envelope;
 pub mod handshake;
 pub mod identity;
+pub mod inbox;
 pub mod keys;
 pub mod line;
 pub mod mailbox_key;
+pub mod mailbox_ring;
 pub mod pairing;
 pub mod pq;
 pub mod safety;

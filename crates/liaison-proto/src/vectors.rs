@@ -93,7 +93,8 @@ fn compute() -> Vec<(&'static str, String)> {
     let now = Instant::now();
     let a = party(0x10);
     let b = party(0x20);
-    let mut v: Vec<(&'static str, String)> = Vec::new();
+    // sealed envelopes and inbox ids (docs/protocol.md §11-§12)
+    let mut v: Vec<(&'static str, String)> = crate::envelope::envelope_vectors();
 
     // keys
     v.push((

@@ -141,8 +141,10 @@ pub const FRAME_CLOSE: u8 = 0x05;
 pub const FRAME_AUDIT: u8 = 0x06;
 /// `MSG` frame header: `seq u64 || frag_index u32 || frag_count u32`.
 pub const MSG_FRAME_HEADER_LEN: usize = 16;
-/// Largest fragment payload in one `MSG` frame, bytes.
-pub const MAX_FRAGMENT: usize = MAX_PLAINTEXT - FRAME_HEADER_LEN - MSG_FRAME_HEADER_LEN;
+/// Size of every fragment but a message's last, bytes (65,404): the largest MSG chunk that fits
+/// both a DATA plaintext and a sealed envelope ([`MAX_ENVELOPE_FRAGMENT`]), so a message's
+/// fragments are the same whichever path carries each of them.
+pub const MAX_FRAGMENT: usize = MAX_ENVELOPE_FRAGMENT;
 
 /// Largest message body (text or file), bytes.
 pub const MAX_MESSAGE_BODY: usize = 16 * 1024 * 1024;
@@ -212,3 +214,81 @@ pub const MAX_SEQ_AHEAD: u64 = 4096;
 
 /// A rotated static key stays valid for inbound message 1s this long.
 pub const OLD_STATIC_GRACE: Duration = Duration::from_secs(600);
+
+// ---------------------------------------------------------------------------------------------
+// Relay inbox ids, sealed mailbox envelopes and mailbox key lifetimes (design §3.3, §3.4;
+// `docs/protocol-envelopes.md`). Added with `liaison-proto`'s `inbox`, `envelope` and
+// `mailbox_ring` modules.
+// ---------------------------------------------------------------------------------------------
+
+/// HKDF-SHA256 salt of relay inbox ids (ASCII, 15 bytes):
+/// `inbox(from→to, e) = HKDF(salt, ikm = X25519(s_self, s_peer), info = id_from || id_to ||
+/// u32be(e))[..16]`. Domain separation from every other use of the pair's static DH.
+pub const INBOX_SALT: &[u8] = b"liaison/1 inbox";
+
+/// Domain separation of the channel id (ASCII, 17 bytes):
+/// `channel_id = SHA-256(CHANNEL_ID_CONTEXT || min(id_a, id_b) || max(id_a, id_b))`, the same
+/// value the audit log names a line by.
+pub const CHANNEL_ID_CONTEXT: &[u8] = b"liaison/1 channel";
+
+/// First bytes of the envelope prologue (ASCII, 17 bytes):
+/// `prologue = MAILBOX_PROLOGUE_LABEL || channel_id (32) || key_id (8)`.
+pub const MAILBOX_PROLOGUE_LABEL: &[u8] = b"liaison/1 mailbox";
+
+/// Envelope prologue length, bytes: label (17) + channel id (32) + mailbox key id (8). Fixed, so
+/// the signed envelope message (prologue || e || ct || hash, 1,209 bytes) can never be read as
+/// another identity-key signature (`liaison/1 mailbox-key` messages are 1,253 bytes).
+pub const MAILBOX_PROLOGUE_LEN: usize = MAILBOX_PROLOGUE_LABEL.len() + 32 + MAILBOX_KEY_ID_LEN;
+
+/// HKDF info label of an envelope's psk0 (followed by `key_id || ek || ct`).
+pub const MAILBOX_PSK_INFO: &[u8] = b"liaison/1 mailbox-psk";
+
+/// Largest envelope plaintext (padded inner frames), bytes: the Noise message (≤ 65,535) also
+/// holds the ephemeral key (32), the AEAD tag (16) and the sender's Ed25519 signature (64).
+pub const MAX_ENVELOPE_PLAINTEXT: usize = NOISE_MAX_MSG - NOISE_DH_LEN - NOISE_TAG_LEN - SIG_LEN;
+
+/// Envelope plaintexts are padded to one of these sizes, bytes: [`PAD_BUCKETS`] with the top
+/// bucket lowered to [`MAX_ENVELOPE_PLAINTEXT`] (what still fits one Noise message).
+pub const ENVELOPE_PAD_BUCKETS: &[usize] = &[
+    64,
+    128,
+    256,
+    512,
+    1024,
+    2048,
+    4096,
+    8192,
+    16384,
+    32768,
+    MAX_ENVELOPE_PLAINTEXT,
+];
+
+/// Smallest envelope Noise message, bytes: e (32) + smallest bucket (64) + signature (64) +
+/// tag (16). Shorter ones are refused before any cryptography.
+pub const MIN_ENVELOPE_NOISE_MSG: usize = NOISE_DH_LEN + 64 + SIG_LEN + NOISE_TAG_LEN;
+
+/// Largest MSG chunk that fits an envelope, bytes (65,404): [`MAX_ENVELOPE_PLAINTEXT`] minus
+/// the frame header (3) and the MSG header (16). [`MAX_FRAGMENT`] equals it.
+pub const MAX_ENVELOPE_FRAGMENT: usize =
+    MAX_ENVELOPE_PLAINTEXT - FRAME_HEADER_LEN - MSG_FRAME_HEADER_LEN;
+
+/// A node makes a fresh mailbox key this often, seconds (one day), and advertises it in message
+/// 2 payloads and `MBOX_KEY` frames: an envelope's forward secrecy lasts about a key's life.
+pub const MAILBOX_KEY_ROTATE_SECS: u64 = 86_400;
+
+/// `not_after` of a fresh mailbox key = its creation + this, seconds (two days): one rotation
+/// period of use plus one of overlap, so a peer that learned the key late, or whose clock is a
+/// little behind, still seals to a valid key when the next one has not reached it yet.
+pub const MAILBOX_KEY_SEND_LIFETIME_SECS: u64 = 2 * 86_400;
+
+/// A mailbox private key is erased this long after its `not_after`, seconds (eight days, as
+/// many as the [`INBOX_PAST_EPOCHS`] a receiver still subscribes to): an envelope sealed just
+/// before `not_after` may wait that long at a relay. A card key that is replaced is erased this
+/// long after its replacement.
+pub const MAILBOX_KEY_RETAIN_SECS: u64 = 8 * 86_400;
+
+/// A peer's in-band (`MBOX_KEY`) mailbox key is ignored when its `not_after` is further than
+/// this in the receiver's future, seconds (seven days): fresh keys live two days, so this
+/// leaves five days of clock skew, and a wrong or hostile far-future key cannot hold back the
+/// peer's later keys (keys are ordered by `not_after`) for more than a week.
+pub const MAX_MAILBOX_KEY_AHEAD_SECS: u64 = 7 * 86_400;

@@ -452,12 +452,16 @@ mod tests {
         let mut w = FrameWriter::default();
         let chunk = vec![7u8; MAX_FRAGMENT];
         assert!(w.msg(1, 0, 1, &chunk));
+        // a full fragment leaves room for small frames (an ACK) in a DATA plaintext
+        assert!(w.ack(1));
+        let fill = vec![1u8; w.room()];
+        assert!(w.raw(FRAME_AUDIT, &fill));
         assert_eq!(w.len(), MAX_PLAINTEXT);
-        assert!(!w.ack(1));
+        assert!(!w.ack(2));
         let p = w.finish();
         assert_eq!(p.len(), MAX_PLAINTEXT);
         let f: Vec<_> = Frames::new(&p).collect();
-        assert_eq!(f.len(), 1);
+        assert_eq!(f.len(), 3);
     }
 
     #[test]

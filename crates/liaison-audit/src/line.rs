@@ -1,0 +1,565 @@
+//! One line's audit driver: the log owner's side and the witness side over a [`LineStorage`].
+//!
+//! [`Line`] wires the sans-IO [`AuditLog`] and [`Witness`] to storage and to the inner-line
+//! messages of [`crate::wire`]:
+//!
+//! * [`Line::commit`]: group commit — store pending entries (one transaction), *then* sign a
+//!   checkpoint for them, store it, and return the [`CheckpointOffer`] to send;
+//! * [`Line::handle_message`]: a message from the peer in, the replies to send out;
+//!   every peer message is verified before anything is accepted, and a refused one is logged as
+//!   an (aggregated) anomaly before the error is returned for the user to see;
+//! * witnessing: the new witness state, the witnessed checkpoint, the peer's binding and the
+//!   log entry recording the cosignature are stored in **one transaction** that also checks the
+//!   stored state is still the one the decision was based on; only then is the cosignature
+//!   released. A fork is stored as evidence (both signed checkpoints).
+//!
+//! Storage is [`crate::store::SqliteStorage`] in the node and [`crate::mem::MemoryStorage`] in
+//! tests and benchmarks.
+
+use ed25519_dalek::VerifyingKey;
+use sha2::{Digest, Sha256};
+
+use crate::Hash;
+use crate::checkpoint::SignedCheckpoint;
+use crate::codec::DecodeError;
+use crate::entry::{AnomalyKind, Event, KeyEventKind};
+use crate::keys::KeyBinding;
+use crate::log::{AcceptedCosignature, AuditLog, LogError, PendingEntry};
+use crate::receipt::{Receipt, ReceiptError};
+use crate::store::StoreError;
+use crate::wire::{AuditMessage, CheckpointOffer, CosignatureMsg, Resync};
+use crate::witness::{Witness, WitnessAccept, WitnessError, WitnessOutcome};
+
+/// Durable storage of one line's audit state. Each method is one transaction.
+pub trait LineStorage {
+    /// Makes `entries` durable.
+    fn store_entries(&mut self, entries: &[PendingEntry]) -> Result<(), StoreError>;
+    /// Stores a checkpoint this log signed.
+    fn store_checkpoint(&mut self, cp: &SignedCheckpoint, now_ms: u64) -> Result<(), StoreError>;
+    /// In one transaction: checks that the stored witness state is still
+    /// `accept.prior_size`, stores the new state, the witnessed checkpoint (with its proof and
+    /// our cosignature), the peer's binding, and `entries`.
+    fn store_witness(
+        &mut self,
+        accept: &WitnessAccept,
+        entries: &[PendingEntry],
+    ) -> Result<(), StoreError>;
+    /// Stores a verified peer cosignature of an own checkpoint (and the peer binding).
+    fn store_cosignature(&mut self, acc: &AcceptedCosignature) -> Result<(), StoreError>;
+    /// Stores a verified receipt for message `seq`.
+    fn store_receipt(&mut self, seq: u64, receipt: &Receipt) -> Result<(), StoreError>;
+    /// Stores fork evidence.
+    fn store_evidence(
+        &mut self,
+        held: &SignedCheckpoint,
+        offered: &SignedCheckpoint,
+        now_ms: u64,
+    ) -> Result<(), StoreError>;
+    /// Records that receipts were produced for `msg_recv` entries below `size`.
+    fn set_receipted_upto(&mut self, size: u64) -> Result<(), StoreError>;
+    /// A peer checkpoint this node cosigned, by size.
+    fn witnessed(&self, size: u64) -> Result<Option<SignedCheckpoint>, StoreError>;
+    /// An own checkpoint, by size.
+    fn own_checkpoint(&self, size: u64) -> Result<Option<SignedCheckpoint>, StoreError>;
+    /// The commitment of the durable `msg_sent` entry for `seq`.
+    fn sent_commitment(&self, seq: u64) -> Result<Option<Hash>, StoreError>;
+    /// Durable `msg_recv` leaves with index in `[from, to)`, as (index, leaf).
+    fn received_in(&self, from: u64, to: u64) -> Result<Vec<(u64, Vec<u8>)>, StoreError>;
+}
+
+/// Errors of a line's audit driver.
+#[non_exhaustive]
+#[derive(Debug, thiserror::Error)]
+pub enum LineError {
+    /// A peer message that does not decode.
+    #[error("malformed audit message from the peer: {0}")]
+    Malformed(#[from] DecodeError),
+    /// The peer's checkpoint offer was refused.
+    #[error("refused the peer's checkpoint: {0}")]
+    Witness(#[from] WitnessError),
+    /// A cosignature or resync from the peer was refused, or a local log error.
+    #[error("{0}")]
+    Log(#[from] LogError),
+    /// A receipt from the peer does not verify.
+    #[error("refused the peer's receipt: {0}")]
+    Receipt(#[from] ReceiptError),
+    /// A receipt for a message this node did not send (or with another commitment).
+    #[error("the peer's receipt for seq {seq} matches no message this node sent")]
+    ReceiptMismatch {
+        /// Seq named.
+        seq: u64,
+    },
+    /// A receipt under a checkpoint this node never cosigned.
+    #[error("the peer's receipt is under checkpoint {size}, which this node has not cosigned")]
+    ReceiptUnwitnessed {
+        /// Checkpoint size.
+        size: u64,
+    },
+    /// A message that needs the peer's audit keys before they are known.
+    #[error("the peer's audit keys are not known yet")]
+    PeerKeysUnknown,
+    /// Local storage failed.
+    #[error("audit store: {0}")]
+    Store(#[from] StoreError),
+}
+
+impl LineError {
+    /// True if the peer (or the path to it) misbehaved, false for a local failure.
+    pub fn is_peer_fault(&self) -> bool {
+        !matches!(self, LineError::Store(_))
+            && !matches!(
+                self,
+                LineError::Log(
+                    LogError::StoreInconsistent(_)
+                        | LogError::Keys(_)
+                        | LogError::Checkpoint(_)
+                        | LogError::Proof(_)
+                        | LogError::BatchOutOfOrder
+                )
+            )
+    }
+}
+
+/// Where a line stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct LineStatus {
+    /// Entries logged.
+    pub size: u64,
+    /// Entries durable.
+    pub durable: u64,
+    /// Latest own checkpoint size.
+    pub checkpoint: u64,
+    /// Largest own size the peer holds (cosigned).
+    pub cosigned_by_peer: u64,
+    /// Largest peer size this node cosigned.
+    pub peer_size_witnessed: u64,
+}
+
+/// One line's audit log and witness over a storage.
+#[derive(Debug)]
+pub struct Line<S: LineStorage> {
+    log: AuditLog,
+    witness: Witness,
+    peer_binding: Option<KeyBinding>,
+    receipted_upto: u64,
+    storage: S,
+}
+
+fn binding_hash(b: &KeyBinding) -> Hash {
+    Sha256::digest(b.to_bytes()).into()
+}
+
+impl<S: LineStorage> Line<S> {
+    pub(crate) fn from_parts(
+        log: AuditLog,
+        witness: Witness,
+        peer_binding: Option<KeyBinding>,
+        receipted_upto: u64,
+        storage: S,
+    ) -> Self {
+        Self {
+            log,
+            witness,
+            peer_binding,
+            receipted_upto,
+            storage,
+        }
+    }
+
+    /// The log.
+    pub fn log(&self) -> &AuditLog {
+        &self.log
+    }
+
+    /// The witness state for the peer's log.
+    pub fn witness(&self) -> &Witness {
+        &self.witness
+    }
+
+    /// The peer's audit key binding, once seen.
+    pub fn peer_binding(&self) -> Option<&KeyBinding> {
+        self.peer_binding.as_ref()
+    }
+
+    /// The storage.
+    pub fn storage(&self) -> &S {
+        &self.storage
+    }
+
+    /// The peer's identity.
+    pub fn peer_identity(&self) -> &VerifyingKey {
+        self.log.peer_identity()
+    }
+
+    /// Where the line stands.
+    pub fn status(&self) -> LineStatus {
+        LineStatus {
+            size: self.log.len(),
+            durable: self.log.durable_size(),
+            checkpoint: self.log.last_signed().map_or(0, SignedCheckpoint::size),
+            cosigned_by_peer: self.log.peer_holds().map_or(0, |(s, _)| s),
+            peer_size_witnessed: self.witness.size(),
+        }
+    }
+
+    /// Logs an event (durable at the next [`Line::commit`]); returns its index.
+    pub fn append(&mut self, event: Event, now_ms: u64) -> u64 {
+        self.log.append(event, now_ms)
+    }
+
+    /// Counts an anomaly (at most one entry per kind per minute, plus a summary).
+    pub fn note_anomaly(&mut self, kind: AnomalyKind, now_ms: u64) {
+        self.log.note_anomaly(kind, now_ms);
+    }
+
+    /// Group commit: stores pending entries, then signs and stores a checkpoint covering
+    /// them. Returns the encoded [`CheckpointOffer`] to send to the peer, if a new checkpoint
+    /// was signed. Call at most every 100 ms while entries are being appended.
+    pub fn commit(&mut self, now_ms: u64) -> Result<Option<Vec<u8>>, LineError> {
+        self.persist(now_ms)?;
+        let Some(cp) = self.log.prepare_checkpoint()? else {
+            return Ok(None);
+        };
+        self.storage.store_checkpoint(&cp, now_ms)?;
+        self.log.checkpoint_persisted(cp);
+        self.current_offer()
+    }
+
+    /// Makes the appended entries durable without signing a checkpoint (the next
+    /// [`Line::commit`] signs them). Use it to make a `msg_recv` entry durable before
+    /// acknowledging the message, so a crash cannot leave an acknowledgement without the entry.
+    pub fn persist(&mut self, now_ms: u64) -> Result<(), LineError> {
+        let batch = self.log.begin_commit(now_ms);
+        if !batch.is_empty()
+            && let Err(e) = self.storage.store_entries(batch.entries())
+        {
+            self.log.abort_commit(batch);
+            return Err(e.into());
+        }
+        self.log.confirm_durable(batch)?;
+        Ok(())
+    }
+
+    /// The offer of the latest checkpoint, if the peer does not hold it yet (send it on every
+    /// new session).
+    pub fn current_offer(&self) -> Result<Option<Vec<u8>>, LineError> {
+        Ok(self.log.offer()?.map(|o| AuditMessage::Offer(o).encode()))
+    }
+
+    /// Closes anomaly windows and commits (before shutdown).
+    pub fn close(&mut self, now_ms: u64) -> Result<Option<Vec<u8>>, LineError> {
+        self.log.close(now_ms);
+        self.commit(now_ms)
+    }
+
+    /// Handles one audit message from the peer; returns the messages to send back.
+    /// A refused message is logged as an anomaly, then returned as an error.
+    pub fn handle_message(&mut self, bytes: &[u8], now_ms: u64) -> Result<Vec<Vec<u8>>, LineError> {
+        let msg = match AuditMessage::decode(bytes) {
+            Ok(m) => m,
+            Err(e) => {
+                self.log.note_anomaly(AnomalyKind::MalformedFrame, now_ms);
+                return Err(e.into());
+            }
+        };
+        let res = match msg {
+            AuditMessage::Offer(o) => self.handle_offer(&o, now_ms),
+            AuditMessage::Cosignature(c) => self.handle_cosignature(&c, now_ms),
+            AuditMessage::Resync(r) => self.handle_resync(&r),
+            AuditMessage::Receipt(r) => self.handle_receipt(&r, now_ms).map(|()| Vec::new()),
+        };
+        if let Err(e) = &res
+            && let Some(kind) = anomaly_for(e)
+        {
+            self.log.note_anomaly(kind, now_ms);
+        }
+        res
+    }
+
+    fn learn_peer_binding(&mut self, b: &KeyBinding, now_ms: u64) {
+        if self.peer_binding.is_none() {
+            self.peer_binding = Some(b.clone());
+            self.log.append(
+                Event::KeyEvent {
+                    kind: KeyEventKind::PeerAuditKeys,
+                    key_hash: binding_hash(b),
+                },
+                now_ms,
+            );
+        }
+    }
+
+    fn handle_offer(
+        &mut self,
+        offer: &CheckpointOffer,
+        now_ms: u64,
+    ) -> Result<Vec<Vec<u8>>, LineError> {
+        let storage = &self.storage;
+        let lookup = |s: u64| storage.witnessed(s).ok().flatten();
+        let outcome = self.witness.check_offer(
+            offer,
+            self.peer_binding.as_ref(),
+            self.log.keys(),
+            now_ms,
+            &lookup,
+        );
+        match outcome {
+            Ok(WitnessOutcome::Resync(r)) => Ok(vec![AuditMessage::Resync(r).encode()]),
+            Ok(WitnessOutcome::Cosign(acc)) => {
+                if acc.is_new {
+                    let mark = self.log.len();
+                    let knew_peer = self.peer_binding.is_some();
+                    self.learn_peer_binding(&acc.binding, now_ms);
+                    self.log.append(
+                        Event::PeerCheckpointCosigned {
+                            size: acc.checkpoint.size(),
+                            root: *acc.checkpoint.root(),
+                        },
+                        now_ms,
+                    );
+                    let batch = self.log.begin_commit(now_ms);
+                    if let Err(e) = self.storage.store_witness(&acc, batch.entries()) {
+                        // Nothing was stored: the entries recording this cosignature must not
+                        // be committed later either.
+                        self.log.abort_commit(batch);
+                        self.log.rollback_pending(mark);
+                        if !knew_peer {
+                            self.peer_binding = None;
+                        }
+                        return Err(e.into());
+                    }
+                    self.log.confirm_durable(batch)?;
+                    self.witness.apply(&acc);
+                }
+                Ok(vec![AuditMessage::Cosignature(acc.reply).encode()])
+            }
+            Err(e) => {
+                if let WitnessError::Fork { held, offered } = &e {
+                    self.storage.store_evidence(held, offered, now_ms)?;
+                }
+                Err(e.into())
+            }
+        }
+    }
+
+    fn handle_cosignature(
+        &mut self,
+        msg: &CosignatureMsg,
+        now_ms: u64,
+    ) -> Result<Vec<Vec<u8>>, LineError> {
+        let acc = self
+            .log
+            .check_cosignature(msg, self.peer_binding.as_ref())?;
+        self.storage.store_cosignature(&acc)?;
+        self.log.cosignature_persisted(&acc);
+        self.learn_peer_binding(&acc.binding, now_ms);
+        let mut out = Vec::new();
+        if acc.size > self.receipted_upto {
+            let cp = self
+                .storage
+                .own_checkpoint(acc.size)?
+                .ok_or(LineError::Log(LogError::UnknownCheckpoint {
+                    size: acc.size,
+                }))?;
+            for (index, leaf) in self.storage.received_in(self.receipted_upto, acc.size)? {
+                out.push(AuditMessage::Receipt(self.log.receipt(index, leaf, &cp)?).encode());
+            }
+            self.storage.set_receipted_upto(acc.size)?;
+            self.receipted_upto = acc.size;
+        }
+        Ok(out)
+    }
+
+    /// Receipts for the `msg_recv` entries in `[from, to)` under the own checkpoint of size
+    /// `to` (to re-send receipts that may have been lost with a session).
+    pub fn receipts_between(&self, from: u64, to: u64) -> Result<Vec<Vec<u8>>, LineError> {
+        let cp = self
+            .storage
+            .own_checkpoint(to)?
+            .ok_or(LineError::Log(LogError::UnknownCheckpoint { size: to }))?;
+        let mut out = Vec::new();
+        for (index, leaf) in self.storage.received_in(from, to)? {
+            out.push(AuditMessage::Receipt(self.log.receipt(index, leaf, &cp)?).encode());
+        }
+        Ok(out)
+    }
+
+    fn handle_resync(&mut self, r: &Resync) -> Result<Vec<Vec<u8>>, LineError> {
+        Ok(self
+            .log
+            .handle_resync(r)?
+            .map(|o| AuditMessage::Offer(o).encode())
+            .into_iter()
+            .collect())
+    }
+
+    fn handle_receipt(&mut self, r: &Receipt, now_ms: u64) -> Result<(), LineError> {
+        let peer = self
+            .peer_binding
+            .as_ref()
+            .ok_or(LineError::PeerKeysUnknown)?;
+        let v = r.verify(self.log.channel(), &peer.log_key)?;
+        match self.witness.root_at(v.size) {
+            Some(root) if root == v.root => {}
+            Some(_) => {
+                let held = self
+                    .storage
+                    .witnessed(v.size)?
+                    .or_else(|| self.witness.latest().cloned());
+                if let Some(held) = held {
+                    self.storage.store_evidence(&held, &r.checkpoint, now_ms)?;
+                    return Err(WitnessError::Fork {
+                        held: Box::new(held),
+                        offered: Box::new(r.checkpoint.clone()),
+                    }
+                    .into());
+                }
+                return Err(LineError::ReceiptUnwitnessed { size: v.size });
+            }
+            None => return Err(LineError::ReceiptUnwitnessed { size: v.size }),
+        }
+        let pending = self
+            .log
+            .pending_entries()
+            .iter()
+            .find_map(|p| match p.entry.event {
+                Event::MsgSent {
+                    seq, commitment, ..
+                } if seq == v.seq => Some(commitment),
+                _ => None,
+            });
+        let sent = match pending {
+            Some(c) => Some(c),
+            None => self.storage.sent_commitment(v.seq)?,
+        };
+        if sent != Some(v.commitment) {
+            return Err(LineError::ReceiptMismatch { seq: v.seq });
+        }
+        self.storage.store_receipt(v.seq, r)?;
+        Ok(())
+    }
+}
+
+fn anomaly_for(e: &LineError) -> Option<AnomalyKind> {
+    Some(match e {
+        LineError::Malformed(_) => AnomalyKind::MalformedFrame,
+        LineError::Witness(w) => w.anomaly_kind(),
+        LineError::Log(LogError::PeerStateInconsistent { .. }) => AnomalyKind::PeerStateMismatch,
+        LineError::Log(
+            LogError::PeerKeys(_)
+            | LogError::UnknownCheckpoint { .. }
+            | LogError::BadCosignature { .. },
+        ) => AnomalyKind::BadCosignature,
+        LineError::Receipt(_)
+        | LineError::ReceiptMismatch { .. }
+        | LineError::ReceiptUnwitnessed { .. }
+        | LineError::PeerKeysUnknown => AnomalyKind::BadReceipt,
+        _ => return None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::panic,
+        clippy::indexing_slicing
+    )]
+
+    use super::*;
+    use crate::keys::{LocalKeys, channel_id, generate_signing_key};
+    use crate::mem::{MemoryLine, MemoryStorage};
+
+    /// Memory storage whose witness transaction fails once.
+    #[derive(Debug, Default)]
+    struct Flaky {
+        inner: MemoryStorage,
+        fail_next_witness: bool,
+    }
+
+    impl LineStorage for Flaky {
+        fn store_entries(&mut self, e: &[PendingEntry]) -> Result<(), StoreError> {
+            self.inner.store_entries(e)
+        }
+        fn store_checkpoint(&mut self, cp: &SignedCheckpoint, now: u64) -> Result<(), StoreError> {
+            self.inner.store_checkpoint(cp, now)
+        }
+        fn store_witness(
+            &mut self,
+            a: &WitnessAccept,
+            e: &[PendingEntry],
+        ) -> Result<(), StoreError> {
+            if std::mem::take(&mut self.fail_next_witness) {
+                return Err(StoreError::Conflict("injected".into()));
+            }
+            self.inner.store_witness(a, e)
+        }
+        fn store_cosignature(&mut self, a: &AcceptedCosignature) -> Result<(), StoreError> {
+            self.inner.store_cosignature(a)
+        }
+        fn store_receipt(&mut self, seq: u64, r: &Receipt) -> Result<(), StoreError> {
+            self.inner.store_receipt(seq, r)
+        }
+        fn store_evidence(
+            &mut self,
+            h: &SignedCheckpoint,
+            o: &SignedCheckpoint,
+            now: u64,
+        ) -> Result<(), StoreError> {
+            self.inner.store_evidence(h, o, now)
+        }
+        fn set_receipted_upto(&mut self, size: u64) -> Result<(), StoreError> {
+            self.inner.set_receipted_upto(size)
+        }
+        fn witnessed(&self, size: u64) -> Result<Option<SignedCheckpoint>, StoreError> {
+            self.inner.witnessed(size)
+        }
+        fn own_checkpoint(&self, size: u64) -> Result<Option<SignedCheckpoint>, StoreError> {
+            self.inner.own_checkpoint(size)
+        }
+        fn sent_commitment(&self, seq: u64) -> Result<Option<Hash>, StoreError> {
+            self.inner.sent_commitment(seq)
+        }
+        fn received_in(&self, from: u64, to: u64) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
+            self.inner.received_in(from, to)
+        }
+    }
+
+    #[test]
+    fn a_failed_witness_transaction_leaves_no_trace() {
+        let (ia, ib) = (
+            generate_signing_key().unwrap(),
+            generate_signing_key().unwrap(),
+        );
+        let mut a = MemoryLine::in_memory(LocalKeys::generate(&ia).unwrap(), ib.verifying_key());
+        let kb = LocalKeys::generate(&ib).unwrap();
+        let ch = channel_id(&ib.verifying_key(), &ia.verifying_key());
+        let mut b = Line::from_parts(
+            AuditLog::new(kb, ia.verifying_key()),
+            Witness::new(ch, ia.verifying_key(), None, []),
+            None,
+            0,
+            Flaky {
+                fail_next_witness: true,
+                ..Flaky::default()
+            },
+        );
+        b.append(Event::MsgAcked { seq: 1 }, 1);
+        a.append(Event::MsgAcked { seq: 1 }, 1);
+        let offer = a.commit(2).unwrap().unwrap();
+        assert!(matches!(
+            b.handle_message(&offer, 3),
+            Err(LineError::Store(_))
+        ));
+        assert_eq!(b.witness().size(), 0);
+        assert!(b.peer_binding().is_none());
+        assert_eq!(b.log().len(), 1, "the cosignature entries were rolled back");
+        // The retry goes through and is recorded once.
+        let reply = b.handle_message(&offer, 4).unwrap();
+        assert_eq!(reply.len(), 1);
+        assert_eq!(b.witness().size(), 1);
+        assert_eq!(b.log().len(), 3);
+        assert_eq!(b.log().durable_size(), 3);
+    }
+}
