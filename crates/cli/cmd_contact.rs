@@ -169,7 +169,12 @@ fn add(ctx: &Ctx, a: AddArgs) -> CmdResult {
     let n2 = name.clone();
     db.write_blocking(move |c| {
         store::add_contact(c, &new, unix_now(), replace)?;
-        store::log_event(c, unix_now(), Some(&n2), "key", &detail)
+        let kind = if replace {
+            store::key_event::REPINNED
+        } else {
+            store::key_event::PINNED
+        };
+        store::log_event(c, unix_now(), Some(&n2), kind, &detail)
     })
     .ctx("pinning the contact")?;
     let number = safety_number(&secrets.identity.identity_public(), card.identity_key());
@@ -337,7 +342,13 @@ fn pair(ctx: &Ctx, a: PairArgs) -> CmdResult {
         .write_blocking(move |c| {
             let ok = store::set_pairing(c, &name, Some(&sealed))?;
             if ok {
-                store::log_event(c, unix_now(), Some(&name), "key", "pairing secret set")?;
+                store::log_event(
+                    c,
+                    unix_now(),
+                    Some(&name),
+                    store::key_event::PAIRED,
+                    "pairing secret set",
+                )?;
             }
             Ok(ok)
         })
@@ -376,7 +387,7 @@ fn reset_replay(ctx: &Ctx, name: &str) -> CmdResult {
                     c,
                     unix_now(),
                     Some(&n),
-                    "key",
+                    store::key_event::REPLAY_RESET,
                     "handshake replay state reset",
                 )?;
             }
@@ -406,7 +417,13 @@ pub fn verify(ctx: &Ctx, a: VerifyArgs) -> CmdResult {
         let detail = format!("safety number confirmed {number}");
         db.write_blocking(move |conn| {
             store::set_contact(conn, &name, None, None, None, Some(true))?;
-            store::log_event(conn, unix_now(), Some(&name), "key", &detail)
+            store::log_event(
+                conn,
+                unix_now(),
+                Some(&name),
+                store::key_event::VERIFIED,
+                &detail,
+            )
         })
         .ctx("marking verified")?;
         verified = true;

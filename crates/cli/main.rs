@@ -6,6 +6,7 @@
 //! Exit codes: 0 success, 1 runtime failure, 2 usage, 3 verification failed, 4 not delivered
 //! in time (the message stays in the outbox).
 
+mod cmd_audit;
 mod cmd_contact;
 mod cmd_identity;
 mod cmd_line;
@@ -92,6 +93,9 @@ enum Command {
     Outbox(cmd_messages::OutboxArgs),
     /// Per contact: line up or not, last seen, pending messages.
     Status,
+    /// The co-signed, tamper-evident log of each line: show, verify, export, reveal, check.
+    #[command(subcommand)]
+    Audit(cmd_audit::AuditCmd),
     /// Run a relay (operators), or pin relays on this node.
     #[command(subcommand)]
     Relay(cmd_relay::RelayCmd),
@@ -141,6 +145,7 @@ fn main() -> ExitCode {
         Command::Outbox(a) => cmd_messages::outbox(&ctx, a),
         Command::Status => cmd_messages::status(&ctx),
         Command::Relay(c) => cmd_relay::run(&ctx, c),
+        Command::Audit(c) => cmd_audit::run(&ctx, c),
         Command::Demo(a) => demo::run(&ctx, a),
     };
     match result {

@@ -2,6 +2,7 @@
 pub mod store;
 
 pub mod atrest;
+pub mod audit;
 pub mod control;
 pub mod home;
 pub mod keyfile;

@@ -24,6 +24,10 @@ use crate::atrest::{self, Direction};
 use crate::node::{LineStatus, Node, NodeError, NodeEvent, open_content, unix_now};
 use crate::relay_client::{Registration, RelayClient};
 use crate::store::{self, ContactRow, OutboxRow};
+use liaison_audit::entry::{
+    AnomalyKind, CallEndReason, Direction as CallDirection, Event as AuditEvent, KeyEventKind,
+    RelayEventKind,
+};
 use liaison_proto::delivery::{FragmentOutcome, Receiver, Sender};
 use liaison_proto::envelope;
 use liaison_proto::handshake::Tai64N;
@@ -54,6 +58,8 @@ pub enum HopKind {
     Relay {
         /// The inbox we post to.
         dst: InboxId,
+        /// SHA-256 of the relay's pinned key (names it in the audit log).
+        relay: [u8; 32],
     },
 }
 
@@ -123,6 +129,8 @@ pub enum LineInput {
         /// The peer refused our key.
         refused: bool,
     },
+    /// Audit messages (checkpoint offers, cosignatures, receipts) to send to the peer.
+    AuditOut(Vec<Vec<u8>>),
     /// Report status.
     Status(oneshot::Sender<LineStatus>),
 }
@@ -177,6 +185,25 @@ pub(crate) struct LineTask {
     relay_attempt_since: Option<Instant>,
     mbox_due: bool,
     env_ack_due: bool,
+    audit_out: std::collections::VecDeque<Vec<u8>>,
+    call: u64,
+    session_initiated: bool,
+}
+
+/// Most audit messages waiting to be sent; older ones are dropped (offers are repeated).
+const MAX_AUDIT_OUT: usize = 64;
+
+fn audit_anomaly(name: &str) -> Option<AnomalyKind> {
+    Some(match name {
+        "replayed-data" => AnomalyKind::ReplayedFrame,
+        "bad-data" | "bad-handshake" | "bad-envelope" => AnomalyKind::UndecryptableFrame,
+        "malformed" | "malformed-frame" | "bad-fragment" | "bad-message" | "bad-mailbox-key" => {
+            AnomalyKind::MalformedFrame
+        }
+        "replayed-handshake" => AnomalyKind::ReplayedHandshake,
+        "handshake-flood" => AnomalyKind::HandshakeRateLimited,
+        _ => return None,
+    })
 }
 
 fn wall() -> Tai64N {
@@ -192,7 +219,7 @@ fn frame_prefix(kind: HopKind, store: bool, out: &mut Vec<u8>) {
     out.extend_from_slice(&[0; 4]);
     match kind {
         HopKind::Direct => out.push(hop_ty::BLOB),
-        HopKind::Relay { dst } => {
+        HopKind::Relay { dst, .. } => {
             out.push(hop_ty::POST);
             out.extend_from_slice(&dst);
             out.push(u8::from(store));
@@ -300,6 +327,9 @@ impl LineTask {
             relay_attempt_since: None,
             mbox_due: false,
             env_ack_due: false,
+            audit_out: std::collections::VecDeque::new(),
+            call: 0,
+            session_initiated: false,
         })
     }
 
@@ -348,11 +378,17 @@ impl LineTask {
     fn wants_to_send(&self, now: Instant) -> bool {
         !self.hops.is_empty()
             && self.line.is_ready(now)
-            && (self.ack_due || self.sender.has_pending() || self.mbox_due)
+            && (self.ack_due
+                || self.sender.has_pending()
+                || self.mbox_due
+                || !self.audit_out.is_empty())
     }
 
     pub(crate) async fn run(mut self) {
         let token = self.node.shutdown_token();
+        if let Err(e) = self.import_key_events().await {
+            tracing::warn!(contact = %self.name, "cannot log key events: {e}");
+        }
         let stored_relay = self.stored_relay.clone();
         for rc in self.node.relays_for(stored_relay.as_deref()) {
             self.register(rc).await;
@@ -444,6 +480,56 @@ impl LineTask {
             }
         }
         tracing::debug!(contact = %self.name, "line task stopped");
+    }
+
+    /// The relay hop's relay id, for audit events.
+    fn relay_id(&self) -> Option<[u8; 32]> {
+        self.relay_hop().and_then(|h| match h.kind {
+            HopKind::Relay { relay, .. } => Some(relay),
+            HopKind::Direct => None,
+        })
+    }
+
+    /// Copies key events the CLI recorded for this contact (pinning, verification, pairing,
+    /// replay reset) into the line's audit log, once each. Only this process signs the log.
+    async fn import_key_events(&mut self) -> Result<(), NodeError> {
+        let name = self.name.clone();
+        let identity = self.peer.identity;
+        let events = self
+            .node
+            .db()
+            .write(move |c| {
+                let key = format!("audit_key_events:{name}");
+                let upto = store::meta_get(c, &key)?
+                    .and_then(|v| <[u8; 8]>::try_from(v.as_slice()).ok())
+                    .map(i64::from_le_bytes)
+                    .unwrap_or(0);
+                let rows = store::key_events_after(c, &name, upto)?;
+                if let Some(last) = rows.last() {
+                    store::meta_set(c, &key, &last.0.to_le_bytes())?;
+                }
+                Ok(rows)
+            })
+            .await?;
+        for (_, kind, detail) in events {
+            let k = match kind.as_str() {
+                store::key_event::PINNED => KeyEventKind::PeerPinned,
+                store::key_event::REPINNED => KeyEventKind::ContactRepinned,
+                store::key_event::VERIFIED => KeyEventKind::SafetyNumberVerified,
+                store::key_event::PAIRED => KeyEventKind::PairingSecretSet,
+                store::key_event::REPLAY_RESET => KeyEventKind::ReplayReset,
+                _ => continue,
+            };
+            let _ = detail;
+            self.node.inner.audit.append(
+                &self.name,
+                AuditEvent::KeyEvent {
+                    kind: k,
+                    key_hash: identity,
+                },
+            );
+        }
+        Ok(())
     }
 
     async fn register(&mut self, rc: RelayClient) {
@@ -562,6 +648,17 @@ impl LineTask {
             LineInput::RelayError { code, reference } => {
                 if code == hop_err::NO_SUBSCRIBER {
                     if !self.line.is_ready(now) {
+                        if !self.peer_away
+                            && let Some(relay) = self.relay_id()
+                        {
+                            self.node.inner.audit.append(
+                                &self.name,
+                                AuditEvent::RelayEvent {
+                                    kind: RelayEventKind::NoSubscriber,
+                                    relay,
+                                },
+                            );
+                        }
                         self.peer_away = true;
                         self.seal_pending();
                     }
@@ -584,6 +681,15 @@ impl LineTask {
             }
             LineInput::EnvelopeStored { reference } => {
                 if let Some(seqs) = self.pending_env.remove(&reference) {
+                    if let Some(relay) = self.relay_id() {
+                        self.node.inner.audit.append(
+                            &self.name,
+                            AuditEvent::RelayEvent {
+                                kind: RelayEventKind::EnvelopeQueued,
+                                relay,
+                            },
+                        );
+                    }
                     self.mark_queued(seqs).await?;
                 }
             }
@@ -652,6 +758,14 @@ impl LineTask {
                     });
                 }
             }
+            LineInput::AuditOut(msgs) => {
+                for m in msgs {
+                    if self.audit_out.len() >= MAX_AUDIT_OUT {
+                        self.audit_out.pop_front();
+                    }
+                    self.audit_out.push_back(m);
+                }
+            }
             LineInput::Status(reply) => {
                 let _ = reply.send(LineStatus {
                     up: self.line.is_ready(now),
@@ -698,6 +812,15 @@ impl LineTask {
             Ok(env) => {
                 self.touch(now);
                 b.via_envelope = true;
+                if let Some(relay) = self.relay_id() {
+                    self.node.inner.audit.append(
+                        &self.name,
+                        AuditEvent::RelayEvent {
+                            kind: RelayEventKind::EnvelopeReceived,
+                            relay,
+                        },
+                    );
+                }
                 self.on_plaintext(now, None, env.frames(), b);
             }
             Err(e) => {
@@ -772,7 +895,8 @@ impl LineTask {
                 Frame::Close { reason } => {
                     tracing::info!(contact = %self.name, "peer closed the session (reason {reason})");
                 }
-                Frame::Card(_) | Frame::Audit(_) => {
+                Frame::Audit(bytes) => self.node.inner.audit.message(&self.name, bytes),
+                Frame::Card(_) => {
                     tracing::debug!(contact = %self.name, "ignoring a frame this version does not use yet");
                 }
             }
@@ -785,6 +909,17 @@ impl LineTask {
             .accept_peer_key(&key, &self.peer.identity, unix_now())
         {
             Ok(PeerKeyOutcome::Accepted) => {
+                let mut key_hash = [0u8; 32];
+                if let Some(d) = key_hash.get_mut(..key.key_id.len()) {
+                    d.copy_from_slice(&key.key_id);
+                }
+                self.node.inner.audit.append(
+                    &self.name,
+                    AuditEvent::KeyEvent {
+                        kind: KeyEventKind::PeerMailboxKey,
+                        key_hash,
+                    },
+                );
                 if let Ok(bytes) = self.peer_mbox.to_bytes() {
                     let name = self.name.clone();
                     let _ = self
@@ -828,6 +963,9 @@ impl LineTask {
     }
 
     fn note_anomaly(&mut self, now: Instant, kind: &'static str) {
+        if let Some(k) = audit_anomaly(kind) {
+            self.node.inner.audit.anomaly(&self.name, k);
+        }
         let entry = self
             .anomalies
             .entry(kind)
@@ -860,7 +998,7 @@ impl LineTask {
             return;
         }
         let Some((tx, dst)) = self.relay_hop().and_then(|h| match h.kind {
-            HopKind::Relay { dst } => Some((h.tx.clone(), dst)),
+            HopKind::Relay { dst, .. } => Some((h.tx.clone(), dst)),
             HopKind::Direct => None,
         }) else {
             return;
@@ -942,7 +1080,14 @@ impl LineTask {
         };
         let id = envelope::envelope_id(&blob);
         let mut frame = Vec::with_capacity(blob.len() + 22);
-        frame_prefix(HopKind::Relay { dst }, true, &mut frame);
+        frame_prefix(
+            HopKind::Relay {
+                dst,
+                relay: [0; 32],
+            },
+            true,
+            &mut frame,
+        );
         frame.extend_from_slice(&blob);
         patch_len(&mut frame);
         if tx.try_send(frame).is_err() {
@@ -961,7 +1106,7 @@ impl LineTask {
             return;
         }
         let Some((tx, dst)) = self.relay_hop().and_then(|h| match h.kind {
-            HopKind::Relay { dst } => Some((h.tx.clone(), dst)),
+            HopKind::Relay { dst, .. } => Some((h.tx.clone(), dst)),
             HopKind::Direct => None,
         }) else {
             return;
@@ -1019,6 +1164,20 @@ impl LineTask {
 
     async fn store_received(&mut self, items: Vec<(u64, MessageContent)>) -> Result<(), NodeError> {
         let seqs: Vec<u64> = items.iter().map(|(s, _)| *s).collect();
+        // the commitments are durable in the audit log before the messages are stored and acked
+        for (seq, c) in &items {
+            self.node.inner.audit.append(
+                &self.name,
+                AuditEvent::MsgReceived {
+                    seq: *seq,
+                    commitment: liaison_audit::commitment(&c.salt, &c.body),
+                    ciphertext_hash: [0; 32],
+                },
+            );
+        }
+        if !self.node.inner.audit.persist(&self.name).await {
+            tracing::warn!(contact = %self.name, "the audit log could not record received messages");
+        }
         let new_upto = self.receiver.delivered_upto_with(&seqs);
         let mut rows = Vec::with_capacity(items.len());
         let mut contents: HashMap<u64, MessageContent> = HashMap::with_capacity(items.len());
@@ -1080,6 +1239,12 @@ impl LineTask {
             .await?;
         self.sender.on_ack(Instant::now(), upto);
         self.enveloped.retain(|s| *s > upto);
+        if !changed.is_empty() {
+            self.node
+                .inner
+                .audit
+                .append(&self.name, AuditEvent::MsgAcked { seq: upto });
+        }
         for seq in changed {
             self.node.emit(NodeEvent::Delivered {
                 to: self.name.clone(),
@@ -1094,6 +1259,7 @@ impl LineTask {
         while let Some(ev) = self.line.poll_event() {
             match ev {
                 LineEvent::PersistSentTs(ts) => {
+                    self.session_initiated = true;
                     let name = self.name.clone();
                     self.node
                         .db()
@@ -1101,6 +1267,7 @@ impl LineTask {
                         .await?;
                 }
                 LineEvent::PersistAcceptedTs(ts) => {
+                    self.session_initiated = false;
                     let name = self.name.clone();
                     self.node
                         .db()
@@ -1137,9 +1304,31 @@ impl LineTask {
         }
         let ready = self.line.is_ready(Instant::now());
         if ready && !self.was_ready {
+            self.call = self.call.max(crate::node::unix_ms());
+            let direction = if self.session_initiated {
+                CallDirection::Outgoing
+            } else {
+                CallDirection::Incoming
+            };
+            self.node.inner.audit.append(
+                &self.name,
+                AuditEvent::CallStarted {
+                    call: self.call,
+                    direction,
+                },
+            );
+            self.node.inner.audit.session_up(&self.name);
             self.node.emit(NodeEvent::LineUp {
                 contact: self.name.clone(),
             });
+        } else if !ready && self.was_ready {
+            self.node.inner.audit.append(
+                &self.name,
+                AuditEvent::CallEnded {
+                    call: self.call,
+                    reason: CallEndReason::Timeout,
+                },
+            );
         }
         self.was_ready = ready;
         Ok(())
@@ -1157,8 +1346,15 @@ impl LineTask {
         {
             with_mbox = w.raw(FRAME_MBOX_KEY, &bytes);
         }
+        let mut audit_sent = 0;
+        while let Some(m) = self.audit_out.get(audit_sent) {
+            if !w.raw(liaison_wire::consts::FRAME_AUDIT, m) {
+                break;
+            }
+            audit_sent += 1;
+        }
         let n = self.sender.fill(now, &mut w);
-        if n == 0 && !with_ack && !with_mbox {
+        if n == 0 && !with_ack && !with_mbox && audit_sent == 0 {
             self.mbox_due = false;
             return None;
         }
@@ -1174,6 +1370,7 @@ impl LineTask {
                 if with_mbox {
                     self.mbox_due = false;
                 }
+                self.audit_out.drain(..audit_sent);
                 patch_len(&mut frame);
                 Some(frame)
             }

@@ -11,6 +11,7 @@
 //! acks are sent only after the store committed.
 
 use crate::atrest::{self, DataKey, Direction};
+use crate::audit::{Audit, AuditKeys};
 use crate::line_task::{self, LineInput};
 use crate::relay_client::{self, RelayClient};
 use crate::secrets::NodeSecrets;
@@ -191,6 +192,7 @@ pub(crate) struct Inner {
     pub(crate) relay_seeds: Vec<(String, liaison_proto::keys::Secret32)>,
     relays: Mutex<HashMap<String, RelayClient>>,
     pub(crate) mailbox: Mutex<MailboxRing>,
+    pub(crate) audit: Audit,
     server: Mutex<Option<Endpoint>>,
     client: Mutex<Option<Endpoint>>,
     pins: Arc<PinSet>,
@@ -238,6 +240,16 @@ impl Node {
         let hop_key = HopKey::from_seed(secrets.identity.hop_seed());
         let (events, _) = broadcast::channel(8192);
         let ring = load_mailbox_ring(&db_path, &secrets)?;
+        let audit = Audit::start(
+            db_path.with_file_name(AUDIT_DB),
+            AuditKeys {
+                identity: secrets.identity.signing_key().clone(),
+                log: secrets.audit_log.clone(),
+                witness: secrets.audit_witness.clone(),
+            },
+            events.clone(),
+        )
+        .map_err(|e| NodeError::Other(format!("cannot start the audit log: {e}")))?;
         let node = Node {
             inner: Arc::new(Inner {
                 db,
@@ -253,6 +265,7 @@ impl Node {
                 relay_seeds: secrets.relays,
                 relays: Mutex::new(HashMap::new()),
                 mailbox: Mutex::new(ring),
+                audit,
                 server: Mutex::new(None),
                 client: Mutex::new(None),
                 pins: Arc::new(PinSet::default()),
@@ -307,6 +320,11 @@ impl Node {
             .write(move |c| store::meta_set(c, MAILBOX_RING_KEY, &sealed))
             .await?;
         Ok(())
+    }
+
+    /// Every open line's audit status (for `liaison status`).
+    pub async fn audit_status(&self) -> HashMap<String, liaison_audit::LineStatus> {
+        self.inner.audit.status().await
     }
 
     /// Our mailbox key to advertise to peers now (message 2 payloads, MBOX_KEY frames).
@@ -533,6 +551,8 @@ impl Node {
             return Ok(tx.clone());
         }
         let (tx, rx) = mpsc::channel(1024);
+        // opened before anything of this line is appended (the audit queue is in order)
+        self.inner.audit.open(contact, row.identity, tx.clone());
         let task = line_task::LineTask::new(self.clone(), row, unacked, ahead, tx.clone(), rx)?;
         self.inner.tracker.spawn(task.run());
         lines.insert(contact.to_string(), tx.clone());
@@ -577,6 +597,20 @@ impl Node {
                 Ok(seqs)
             })
             .await?;
+        // each message's commitment is durable in the audit log before the message leaves
+        for (seq, c) in seqs.iter().zip(&contents) {
+            self.inner.audit.append(
+                contact,
+                liaison_audit::entry::Event::MsgSent {
+                    seq: *seq,
+                    commitment: liaison_audit::commitment(&c.salt, &c.body),
+                    ciphertext_hash: [0; 32],
+                },
+            );
+        }
+        if !self.inner.audit.persist(contact).await {
+            tracing::warn!(contact, "the audit log could not record sent messages");
+        }
         for (seq, e) in seqs.iter().zip(encoded) {
             line.send(LineInput::Submitted {
                 seq: *seq,
@@ -827,6 +861,7 @@ impl Node {
         self.inner.shutdown.cancel();
         self.inner.tracker.close();
         let _ = tokio::time::timeout(Duration::from_secs(5), self.inner.tracker.wait()).await;
+        self.inner.audit.flush().await;
         let eps: Vec<Endpoint> = [&self.inner.server, &self.inner.client]
             .iter()
             .filter_map(|m| m.lock().ok().and_then(|mut g| g.take()))
@@ -848,6 +883,9 @@ impl Node {
         open_content(&self.inner.data_key, contact, dir, seq, sealed)
     }
 }
+
+/// File name of the audit store, beside the message store.
+pub const AUDIT_DB: &str = "audit.db";
 
 const MAILBOX_RING_KEY: &str = "mailbox_ring";
 const MAILBOX_RING_AAD: &[u8] = b"liaison/1 mailbox-ring";

@@ -110,6 +110,7 @@ async fn run(node: Node, row: RelayRow, key: HopKey, mut cmds: mpsc::Receiver<Re
     let token = node.shutdown_token();
     let name = row.name.clone();
     let spki = liaison_hop::ed25519_spki(&row.relay_key);
+    let relay_id: [u8; 32] = Sha256::digest(row.relay_key).into();
     let mut regs: HashMap<String, Reg> = HashMap::new();
     let routes = Arc::new(Mutex::new(Routes::default()));
     let mut backoff = BACKOFF_MIN;
@@ -143,21 +144,44 @@ async fn run(node: Node, row: RelayRow, key: HopKey, mut cmds: mpsc::Receiver<Re
             match r {
                 Ok(h) => break h,
                 Err(e) => {
-                    let refused = e.is_tls_refusal();
                     tracing::info!(relay = %name, "cannot connect: {e}");
-                    for (contact, reg) in &regs {
-                        let _ = reg.line.try_send(LineInput::DialDone {
-                            error: Some(format!("relay {name} ({}): {e}", row.addr)),
-                            refused: false,
-                        });
-                        let _ = contact;
-                    }
+                    let (error, refused) = match key_refusal(&e) {
+                        Some(Refusal::OurKey) => (
+                            format!(
+                                "relay {name} ({}) refused this node's hop key: its operator \
+                                 must add {} (see `liaison relay list`) to the relay's allow list",
+                                row.addr,
+                                hex::encode(liaison_hop::spki_hash(&key.spki()))
+                            ),
+                            true,
+                        ),
+                        Some(Refusal::TheirKey) => (
+                            format!(
+                                "relay {name} ({}) presented a key other than the one pinned \
+                                 from its card: check the card (`liaison relay add {name} CARD \
+                                 --replace`)",
+                                row.addr
+                            ),
+                            true,
+                        ),
+                        None => (format!("relay {name} ({}): {e}", row.addr), false),
+                    };
                     if refused {
-                        tracing::warn!(
-                            relay = %name,
-                            "the relay refused our key: its operator must add our hop key hash \
-                             (`liaison relay list`) to its allow list"
-                        );
+                        tracing::warn!(relay = %name, "{error}");
+                    }
+                    // lines that asked for this relay while we were connecting hear it too
+                    while let Ok(RelayCmd::Register(r)) = cmds.try_recv() {
+                        add_reg(&mut regs, &routes, r);
+                    }
+                    // Reported as an event, not as a `DialDone` to the lines: that input is
+                    // the state of a line's own direct dial (in flight, backoff), which a
+                    // relay's failure must not reset.
+                    for contact in regs.keys() {
+                        node.emit(crate::node::NodeEvent::DialFailed {
+                            contact: contact.clone(),
+                            error: error.clone(),
+                            refused,
+                        });
                     }
                     if !wait_or_register(&token, &mut cmds, &mut regs, &routes, backoff).await {
                         return;
@@ -201,7 +225,10 @@ async fn run(node: Node, row: RelayRow, key: HopKey, mut cmds: mpsc::Receiver<Re
                 .send(LineInput::HopUp {
                     hop: hop_id,
                     tx: wtx.clone(),
-                    kind: HopKind::Relay { dst: reg.send },
+                    kind: HopKind::Relay {
+                        dst: reg.send,
+                        relay: relay_id,
+                    },
                 })
                 .await;
         }
@@ -220,7 +247,7 @@ async fn run(node: Node, row: RelayRow, key: HopKey, mut cmds: mpsc::Receiver<Re
                     let _ = r.line.send(LineInput::HopUp {
                         hop: hop_id,
                         tx: wtx.clone(),
-                        kind: HopKind::Relay { dst: r.send },
+                        kind: HopKind::Relay { dst: r.send, relay: relay_id },
                     }).await;
                     add_reg(&mut regs, &routes, r);
                 }
@@ -274,6 +301,35 @@ fn add_reg(regs: &mut HashMap<String, Reg>, routes: &Arc<Mutex<Routes>>, r: Regi
     if entry.recv.len() > keep {
         let drop = entry.recv.len() - keep;
         entry.recv.drain(..drop);
+    }
+}
+
+/// Who refused whose key in a failed TLS handshake with a relay.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Refusal {
+    /// The relay closed the handshake: our hop key is not on its allow list.
+    OurKey,
+    /// We closed it: the relay's certificate is not the key pinned from its card.
+    TheirKey,
+}
+
+fn key_refusal(e: &liaison_hop::HopError) -> Option<Refusal> {
+    use liaison_hop::HopError;
+    if !e.is_tls_refusal() {
+        return None;
+    }
+    let conn = match e {
+        HopError::Connection(c)
+        | HopError::Read(quinn::ReadExactError::ReadError(quinn::ReadError::ConnectionLost(c)))
+        | HopError::Write(quinn::WriteError::ConnectionLost(c)) => c,
+        _ => return None,
+    };
+    match conn {
+        // the peer sent the CONNECTION_CLOSE carrying the TLS alert
+        quinn::ConnectionError::ConnectionClosed(_) => Some(Refusal::OurKey),
+        // our own TLS stack aborted: the server's certificate failed our pin
+        quinn::ConnectionError::TransportError(_) => Some(Refusal::TheirKey),
+        _ => None,
     }
 }
 

@@ -35,6 +35,8 @@ struct Stored {
     version: u8,
     identity: Vec<u8>,
     data_key: Fixed<32>,
+    audit_log: Fixed<32>,
+    audit_witness: Fixed<32>,
     relays: Vec<(String, Fixed<32>)>,
 }
 
@@ -42,6 +44,8 @@ impl Drop for Stored {
     fn drop(&mut self) {
         self.identity.zeroize();
         self.data_key.0.zeroize();
+        self.audit_log.0.zeroize();
+        self.audit_witness.0.zeroize();
         for (_, k) in &mut self.relays {
             k.0.zeroize();
         }
@@ -54,6 +58,10 @@ pub struct NodeSecrets {
     pub identity: Identity,
     /// Key sealing message bodies at rest.
     pub data_key: DataKey,
+    /// Seed of the Ed25519 key that signs this node's audit checkpoints.
+    pub audit_log: Secret32,
+    /// Seed of the Ed25519 key that cosigns peers' audit checkpoints.
+    pub audit_witness: Secret32,
     /// This node's hop key seed for each pinned relay, by relay name.
     pub relays: Vec<(String, Secret32)>,
 }
@@ -71,9 +79,12 @@ impl NodeSecrets {
     /// New secrets for a fresh identity.
     pub fn new(identity: Identity) -> Result<Self, SecretsError> {
         let data_key = DataKey::generate().map_err(|e| SecretsError::Corrupt(e.to_string()))?;
+        let rng = |e: liaison_proto::keys::RngError| SecretsError::Corrupt(e.to_string());
         Ok(NodeSecrets {
             identity,
             data_key,
+            audit_log: liaison_proto::keys::random_secret().map_err(rng)?,
+            audit_witness: liaison_proto::keys::random_secret().map_err(rng)?,
             relays: Vec::new(),
         })
     }
@@ -84,6 +95,8 @@ impl NodeSecrets {
             version: 1,
             identity: identity.to_vec(),
             data_key: Fixed(*self.data_key.as_bytes()),
+            audit_log: Fixed(*self.audit_log),
+            audit_witness: Fixed(*self.audit_witness),
             relays: self
                 .relays
                 .iter()
@@ -110,6 +123,8 @@ impl NodeSecrets {
         Ok(NodeSecrets {
             identity: Identity::from_secret_bytes(&stored.identity)?,
             data_key: DataKey::from_bytes(stored.data_key.0),
+            audit_log: Zeroizing::new(stored.audit_log.0),
+            audit_witness: Zeroizing::new(stored.audit_witness.0),
             relays: stored
                 .relays
                 .iter()
@@ -129,6 +144,16 @@ impl NodeSecrets {
     pub fn load(path: &Path, passphrase: Option<&[u8]>) -> Result<Self, SecretsError> {
         let bytes = keyfile::read_key_file(path, passphrase)?;
         Self::decode(&bytes)
+    }
+
+    /// The audit keys (log and witness), bound to the identity key.
+    pub fn audit_keys(&self) -> Result<liaison_audit::LocalKeys, SecretsError> {
+        liaison_audit::LocalKeys::from_identity(
+            self.identity.signing_key(),
+            ed25519_dalek::SigningKey::from_bytes(&self.audit_log),
+            ed25519_dalek::SigningKey::from_bytes(&self.audit_witness),
+        )
+        .map_err(|e| SecretsError::Corrupt(format!("audit keys: {e}")))
     }
 
     /// The hop key seed for a relay.

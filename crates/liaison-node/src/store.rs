@@ -909,6 +909,36 @@ pub fn log_event(
     Ok(())
 }
 
+/// Kinds of key events the CLI records (imported into each line's audit log by the node).
+pub mod key_event {
+    /// A contact was pinned.
+    pub const PINNED: &str = "key:pinned";
+    /// A contact was re-pinned with a new identity.
+    pub const REPINNED: &str = "key:repinned";
+    /// The safety number was confirmed.
+    pub const VERIFIED: &str = "key:verified";
+    /// A pairing secret was set.
+    pub const PAIRED: &str = "key:paired";
+    /// The handshake replay state was reset.
+    pub const REPLAY_RESET: &str = "key:replay-reset";
+}
+
+/// Key events of one contact after event id `after`: (id, kind, detail).
+pub fn key_events_after(
+    conn: &Connection,
+    contact: &str,
+    after: i64,
+) -> Result<Vec<(i64, String, String)>, DbError> {
+    let mut st = conn.prepare(
+        "SELECT id, kind, detail FROM events WHERE contact = ?1 AND id > ?2 AND kind LIKE 'key:%' \
+         ORDER BY id",
+    )?;
+    let rows = st.query_map(params![contact, after], |r| {
+        Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
 /// A local event.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct EventRow {
