@@ -326,6 +326,17 @@ pub fn status(ctx: &Ctx) -> CmdResult {
     let conn = ctx.db_ro(&home)?;
     let contacts = store::contacts(&conn).ctx("reading contacts")?;
     let live = crate::control::query_status(&home.control_socket_path());
+    // the peer's last cosigned size of our log, by peer identity (read-only, no keys)
+    let mut cosigned: std::collections::HashMap<String, u64> = std::collections::HashMap::new();
+    let audit_path = home.dir().join(liaison_node::node::AUDIT_DB);
+    if audit_path.exists()
+        && let Ok(reader) = liaison_audit::AuditReader::open(&audit_path)
+        && let Ok(lines) = reader.lines()
+    {
+        for l in lines {
+            cosigned.insert(l.peer_identity, l.cosigned_by_peer);
+        }
+    }
     let mut out = Vec::new();
     for c in &contacts {
         let pending = store::outbox_list(&conn, Some(&c.name), true)
@@ -337,7 +348,8 @@ pub fn status(ctx: &Ctx) -> CmdResult {
             .is_some_and(|s| s.up);
         out.push(serde_json::json!({
             "contact": c.name, "line_up": up, "last_seen": c.last_seen, "pending": pending,
-            "verified": c.verified, "peer_cosigned_size": serde_json::Value::Null,
+            "verified": c.verified,
+            "peer_cosigned_size": cosigned.get(&hex::encode(c.identity)),
         }));
     }
     if ctx.json {
@@ -353,7 +365,7 @@ pub fn status(ctx: &Ctx) -> CmdResult {
         );
         for (c, o) in contacts.iter().zip(&out) {
             println!(
-                "{}: line {}, {} pending, last seen {}{}",
+                "{}: line {}, {} pending, last seen {}, our log cosigned by them up to {}{}",
                 c.name,
                 if o["line_up"].as_bool() == Some(true) {
                     "up"
@@ -364,6 +376,9 @@ pub fn status(ctx: &Ctx) -> CmdResult {
                 c.last_seen
                     .map(human_time)
                     .unwrap_or_else(|| "never".into()),
+                o["peer_cosigned_size"]
+                    .as_u64()
+                    .map_or("nothing yet".to_string(), |n| format!("{n} entries")),
                 if c.verified { "" } else { ", NOT VERIFIED" }
             );
         }

@@ -621,6 +621,7 @@ impl LineTask {
                 let mut pt = std::mem::take(&mut self.pt);
                 if self.line.handle_blob(now, &data, &mut pt) == Received::Plaintext {
                     self.touch(now);
+                    self.peer_away = false;
                     self.on_plaintext(now, Some(hop), &pt, b);
                 }
                 self.pt = pt;
@@ -640,6 +641,7 @@ impl LineTask {
                     let mut pt = std::mem::take(&mut self.pt);
                     if self.line.handle_blob(now, &blob, &mut pt) == Received::Plaintext {
                         self.touch(now);
+                        self.peer_away = false;
                         self.on_plaintext(now, None, &pt, b);
                     }
                     self.pt = pt;
@@ -647,21 +649,20 @@ impl LineTask {
             }
             LineInput::RelayError { code, reference } => {
                 if code == hop_err::NO_SUBSCRIBER {
-                    if !self.line.is_ready(now) {
-                        if !self.peer_away
-                            && let Some(relay) = self.relay_id()
-                        {
-                            self.node.inner.audit.append(
-                                &self.name,
-                                AuditEvent::RelayEvent {
-                                    kind: RelayEventKind::NoSubscriber,
-                                    relay,
-                                },
-                            );
-                        }
-                        self.peer_away = true;
-                        self.seal_pending();
+                    // the peer is not at the relay: whatever our session says, it is away
+                    if !self.peer_away
+                        && let Some(relay) = self.relay_id()
+                    {
+                        self.node.inner.audit.append(
+                            &self.name,
+                            AuditEvent::RelayEvent {
+                                kind: RelayEventKind::NoSubscriber,
+                                relay,
+                            },
+                        );
                     }
+                    self.peer_away = true;
+                    self.seal_pending();
                 } else if let Some(seqs) = self.pending_env.remove(&reference) {
                     for s in seqs {
                         self.enveloped.remove(&s);
