@@ -12,3 +12,12 @@ mod harness;
 
 #[path = "e2e/direct.rs"]
 mod direct;
+
+#[path = "e2e/relay.rs"]
+mod relay;
+
+#[path = "e2e/evil_relay.rs"]
+mod evil_relay;
+
+#[path = "e2e/audit.rs"]
+mod audit;

@@ -167,7 +167,8 @@ async fn run(node: Node, row: RelayRow, key: HopKey, mut cmds: mpsc::Receiver<Re
                         None => (format!("relay {name} ({}): {e}", row.addr), false),
                     };
                     if refused {
-                        tracing::warn!(relay = %name, "{error}");
+                        // users see it as a DialFailed event (one clear line from send/call)
+                        tracing::info!(relay = %name, "{error}");
                     }
                     // lines that asked for this relay while we were connecting hear it too
                     while let Ok(RelayCmd::Register(r)) = cmds.try_recv() {
