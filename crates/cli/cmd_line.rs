@@ -277,14 +277,31 @@ pub async fn send_logic(node: &Node, req: SendReq, out: &mut dyn Out) -> Code {
                 contact,
                 error,
                 refused: true,
+                relay,
             }) if contact == req.contact => {
-                out.err(&format!(
-                    "error: {contact} refused the connection or presented a key we did not \
-                     pin ({error}); the message stays pending. Check that you both pinned each \
-                     other's current card (`liaison verify {contact}`)"
-                ));
+                match relay {
+                    Some(r) => out.err(&format!(
+                        "error: relay {r} refused this node ({error}); the message stays pending. \
+                         Ask its operator to allow this node's key hash (`liaison relay list`)"
+                    )),
+                    None => out.err(&format!(
+                        "error: {contact} refused the connection or presented a key we did not \
+                         pin ({error}); the message stays pending. Check that you both pinned \
+                         each other's current card (`liaison verify {contact}`)"
+                    )),
+                }
                 report(out, "pending", "");
                 return Code::Verify;
+            }
+            Ok(NodeEvent::NotHeld { to, seqs, reason })
+                if to == req.contact && seqs.contains(&seq) =>
+            {
+                out.err(&format!(
+                    "error: {to} is away and the relay refused to hold the message ({reason}); \
+                     it stays in the outbox for a later listen, call or send"
+                ));
+                report(out, "pending", "");
+                return Code::NotDelivered;
             }
             Ok(NodeEvent::DialFailed { contact, error, .. }) if contact == req.contact => {
                 last_error = error;
@@ -421,6 +438,7 @@ pub async fn call_logic(
                             }
                         }
                         NodeEvent::Message { from, .. } if *from == contact => show(out, &ev, req.json),
+                        NodeEvent::NotHeld { to, .. } if *to == contact => show(out, &ev, req.json),
                         NodeEvent::Queued { to, .. } if *to == contact => {
                             last_progress = Instant::now();
                             if req.interactive || req.json {
@@ -659,9 +677,15 @@ pub fn listen(ctx: &Ctx, a: ListenArgs) -> CmdResult {
             None => None,
         };
         for r in &a.relays {
-            if let Err(e) = node.use_relay(r).await {
-                node.shutdown().await;
-                return Err(runtime(format!("relay {r}: {e}")));
+            match node.use_relay(r, Duration::from_secs(5)).await {
+                Ok(true) => {}
+                Ok(false) => eprintln!(
+                    "warning: relay {r} is not reachable yet; still trying in the background"
+                ),
+                Err(e) => {
+                    node.shutdown().await;
+                    return Err(runtime(format!("relay {r}: {e}")));
+                }
             }
         }
         let control =

@@ -119,7 +119,22 @@ pub fn inbox(ctx: &Ctx, a: InboxArgs) -> CmdResult {
         }
         return Ok(Code::Ok);
     }
-    let rows = store::inbox_list(&conn, a.from.as_deref(), 0).ctx("reading the inbox")?;
+    let mut rows = store::inbox_list(&conn, a.from.as_deref(), 0).ctx("reading the inbox")?;
+    // messages are delivered in seq order: one stored early (out of order) is shown when the
+    // ones before it arrived, so order by that moment, then by seq
+    rows.sort_by(|x, y| (&x.contact, x.seq).cmp(&(&y.contact, y.seq)));
+    let mut keyed = Vec::with_capacity(rows.len());
+    let mut running: Option<(String, u64)> = None;
+    for r in rows {
+        let t = match &running {
+            Some((c, t)) if *c == r.contact => (*t).max(r.received),
+            _ => r.received,
+        };
+        running = Some((r.contact.clone(), t));
+        keyed.push((t, r));
+    }
+    keyed.sort_by(|(ta, a), (tb, b)| (ta, &a.contact, a.seq).cmp(&(tb, &b.contact, b.seq)));
+    let rows: Vec<_> = keyed.into_iter().map(|(_, r)| r).collect();
     let mut items = Vec::new();
     for r in rows {
         let c = open_content(

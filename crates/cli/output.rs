@@ -86,11 +86,29 @@ pub fn render(ev: &NodeEvent, json: bool) -> (Option<String>, Option<String>) {
                 "{contact} does not answer; messages stay pending until a later listen, call or send"
             )),
         ),
+        NodeEvent::NotHeld { to, seqs, reason } => (
+            None,
+            Some(format!(
+                "the relay refused to hold {} message(s) for {to} ({reason}); they stay pending",
+                seqs.len()
+            )),
+        ),
         NodeEvent::DialFailed {
             contact,
             error,
             refused,
+            relay,
         } => {
+            if let Some(r) = relay {
+                return (
+                    None,
+                    Some(if *refused {
+                        format!("relay {r} refused this node: {error}")
+                    } else {
+                        format!("cannot reach relay {r}: {error}; retrying")
+                    }),
+                );
+            }
             if *refused {
                 (
                     None,

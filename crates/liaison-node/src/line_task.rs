@@ -664,17 +664,14 @@ impl LineTask {
                     self.peer_away = true;
                     self.seal_pending();
                 } else if let Some(seqs) = self.pending_env.remove(&reference) {
-                    for s in seqs {
-                        self.enveloped.remove(&s);
+                    for s in &seqs {
+                        self.enveloped.remove(s);
                     }
                     tracing::warn!(contact = %self.name, "relay refused an envelope: {}", hop_err::name(code));
-                    self.node.emit(NodeEvent::DialFailed {
-                        contact: self.name.clone(),
-                        error: format!(
-                            "the relay refused to hold a message: {}",
-                            hop_err::name(code)
-                        ),
-                        refused: false,
+                    self.node.emit(NodeEvent::NotHeld {
+                        to: self.name.clone(),
+                        seqs,
+                        reason: hop_err::name(code).to_string(),
                     });
                 } else {
                     tracing::info!(contact = %self.name, "relay error: {}", hop_err::name(code));
@@ -756,6 +753,7 @@ impl LineTask {
                         contact: self.name.clone(),
                         error,
                         refused,
+                        relay: None,
                     });
                 }
             }

@@ -107,6 +107,19 @@ pub enum NodeEvent {
         error: String,
         /// True if the peer refused our key (not pinned there).
         refused: bool,
+        /// The relay that failed or refused us, when it was a relay.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        relay: Option<String>,
+    },
+    /// A relay refused to hold messages sealed for an absent peer (quota, size): they stay
+    /// pending in the outbox.
+    NotHeld {
+        /// Contact name.
+        to: String,
+        /// Our seqs the relay refused.
+        seqs: Vec<u64>,
+        /// Why, in words.
+        reason: String,
     },
     /// Something wrong arrived on a line (logged; shown to the user).
     Anomaly {
@@ -337,17 +350,22 @@ impl Node {
     }
 
     /// Starts (once) the client of pinned relay `name`, and the lines of every contact that
-    /// meets there (contacts naming this relay, or naming none).
-    pub async fn use_relay(&self, name: &str) -> Result<(), NodeError> {
-        self.relay_client(name).await?;
+    /// meets there (contacts naming this relay, or naming none). Waits up to `wait` for the
+    /// relay to accept us and for those contacts' inboxes to be subscribed; returns whether
+    /// that happened (if not, the client keeps trying in the background).
+    pub async fn use_relay(&self, name: &str, wait: Duration) -> Result<bool, NodeError> {
+        let client = self.relay_client(name).await?;
         let n = name.to_string();
         let contacts = self.inner.db.write(store::contacts).await?;
+        let mut count = 0;
         for c in contacts {
             if c.relay.as_deref().is_none_or(|r| r == n) {
                 self.line(&c.name).await?;
+                count += 1;
             }
         }
-        Ok(())
+        let st = client.wait_subscribed(count, wait).await;
+        Ok(st.connected && st.subscribed >= count)
     }
 
     /// The client of pinned relay `name`, started if needed.

@@ -47,11 +47,33 @@ pub(crate) enum RelayCmd {
 #[derive(Debug, Clone)]
 pub struct RelayClient {
     tx: mpsc::Sender<RelayCmd>,
+    state: tokio::sync::watch::Receiver<RelayState>,
+}
+
+/// What a relay client has achieved: connected, and how many contacts' inboxes it subscribed
+/// on the current connection.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RelayState {
+    /// The relay accepted us (READY) on the current connection.
+    pub connected: bool,
+    /// Contacts whose inbox ids were SUBSCRIBEd on it.
+    pub subscribed: usize,
 }
 
 impl RelayClient {
     pub(crate) async fn register(&self, r: Registration) -> bool {
         self.tx.send(RelayCmd::Register(r)).await.is_ok()
+    }
+
+    /// Waits until the relay is connected with at least `contacts` contacts subscribed, or
+    /// `limit` passes; returns the state reached.
+    pub async fn wait_subscribed(&self, contacts: usize, limit: Duration) -> RelayState {
+        let mut rx = self.state.clone();
+        let fut = rx.wait_for(|s| s.connected && s.subscribed >= contacts);
+        match tokio::time::timeout(limit, fut).await {
+            Ok(Ok(s)) => *s,
+            _ => *self.state.borrow(),
+        }
     }
 }
 
@@ -92,9 +114,10 @@ struct Reg {
 /// Starts the client task for `row`.
 pub(crate) fn start(node: Node, row: RelayRow, key: HopKey) -> RelayClient {
     let (tx, rx) = mpsc::channel(256);
+    let (stx, srx) = tokio::sync::watch::channel(RelayState::default());
     let tracker = node.inner.tracker.clone();
-    tracker.spawn(run(node, row, key, rx));
-    RelayClient { tx }
+    tracker.spawn(run(node, row, key, rx, stx));
+    RelayClient { tx, state: srx }
 }
 
 fn subscribe_frames(ids: &[InboxId]) -> Vec<Vec<u8>> {
@@ -106,7 +129,13 @@ fn subscribe_frames(ids: &[InboxId]) -> Vec<Vec<u8>> {
         .collect()
 }
 
-async fn run(node: Node, row: RelayRow, key: HopKey, mut cmds: mpsc::Receiver<RelayCmd>) {
+async fn run(
+    node: Node,
+    row: RelayRow,
+    key: HopKey,
+    mut cmds: mpsc::Receiver<RelayCmd>,
+    state: tokio::sync::watch::Sender<RelayState>,
+) {
     let token = node.shutdown_token();
     let name = row.name.clone();
     let spki = liaison_hop::ed25519_spki(&row.relay_key);
@@ -182,6 +211,7 @@ async fn run(node: Node, row: RelayRow, key: HopKey, mut cmds: mpsc::Receiver<Re
                             contact: contact.clone(),
                             error: error.clone(),
                             refused,
+                            relay: Some(name.clone()),
                         });
                     }
                     if !wait_or_register(&token, &mut cmds, &mut regs, &routes, backoff).await {
@@ -220,6 +250,10 @@ async fn run(node: Node, row: RelayRow, key: HopKey, mut cmds: mpsc::Receiver<Re
         for f in subscribe_frames(&all) {
             let _ = wtx.send(f).await;
         }
+        state.send_replace(RelayState {
+            connected: true,
+            subscribed: regs.len(),
+        });
         for reg in regs.values() {
             let _ = reg
                 .line
@@ -251,6 +285,10 @@ async fn run(node: Node, row: RelayRow, key: HopKey, mut cmds: mpsc::Receiver<Re
                         kind: HopKind::Relay { dst: r.send, relay: relay_id },
                     }).await;
                     add_reg(&mut regs, &routes, r);
+                    state.send_replace(RelayState {
+                        connected: true,
+                        subscribed: regs.len(),
+                    });
                 }
                 f = reader.next() => {
                     match f {
@@ -271,6 +309,10 @@ async fn run(node: Node, row: RelayRow, key: HopKey, mut cmds: mpsc::Receiver<Re
         }
         drop(wtx);
         writer_task.abort();
+        state.send_replace(RelayState {
+            connected: false,
+            subscribed: 0,
+        });
         for reg in regs.values() {
             let _ = reg.line.send(LineInput::HopDown { hop: hop_id }).await;
         }
