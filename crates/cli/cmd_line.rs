@@ -27,6 +27,9 @@ use tokio::sync::{broadcast, mpsc};
 
 /// `liaison listen`.
 #[derive(Args, Debug)]
+#[command(
+    after_help = "Examples:\n  liaison listen --bind 0.0.0.0:7700\n  liaison listen --relay r1 --json        # one JSON object per event on stdout\n\nWhile it runs, `call` and `send` on the same home go through it. SIGINT/SIGTERM stop it\ncleanly; nothing acknowledged is lost."
+)]
 pub struct ListenArgs {
     /// Accept direct calls on this address, e.g. 0.0.0.0:7700 (port 0 picks a free port; the
     /// bound address is printed as `listening on ADDR`).
@@ -40,6 +43,9 @@ pub struct ListenArgs {
 
 /// `liaison call`.
 #[derive(Args, Debug)]
+#[command(
+    after_help = "Examples:\n  liaison call bob --addr bob.example:7700       # interactive: type, Enter sends\n  printf 'one\\ntwo\\n' | liaison call bob         # piped: exits 0 once bob has both\n  liaison call bob --relay r1"
+)]
 pub struct CallArgs {
     /// The contact to call.
     pub name: String,
@@ -56,7 +62,10 @@ pub struct CallArgs {
 
 /// `liaison send`.
 #[derive(Args, Debug)]
-#[command(group(clap::ArgGroup::new("what").required(true).args(["text", "file"])))]
+#[command(
+    group(clap::ArgGroup::new("what").required(true).args(["text", "file"])),
+    after_help = "Examples:\n  liaison send bob \"meeting moved to 10:00\"\n  liaison send bob --file report.pdf --addr bob.example:7700\n  liaison send bob \"while you were out\" --relay r1     # `queued` if bob is away\n\nStatus: delivered (bob's node stored it) and queued (a relay holds it sealed) exit 0;\npending (still only in your outbox) exits 4."
+)]
 pub struct SendArgs {
     /// The contact.
     pub name: String,
