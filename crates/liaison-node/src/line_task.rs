@@ -861,7 +861,7 @@ impl LineTask {
                     {
                         Ok(FragmentOutcome::Complete { seq, encoded }) => {
                             match MessageContent::decode(&encoded) {
-                                Ok(c) => b.to_store.push((seq, c)),
+                                Ok(c) => b.to_store.push((seq, c, encoded)),
                                 Err(e) => {
                                     tracing::warn!(contact = %self.name, seq, "undecodable message: {e}");
                                     self.receiver.abandon(seq);
@@ -1161,10 +1161,13 @@ impl LineTask {
         Ok(())
     }
 
-    async fn store_received(&mut self, items: Vec<(u64, MessageContent)>) -> Result<(), NodeError> {
-        let seqs: Vec<u64> = items.iter().map(|(s, _)| *s).collect();
+    async fn store_received(
+        &mut self,
+        items: Vec<(u64, MessageContent, Vec<u8>)>,
+    ) -> Result<(), NodeError> {
+        let seqs: Vec<u64> = items.iter().map(|(s, _, _)| *s).collect();
         // the commitments are durable in the audit log before the messages are stored and acked
-        for (seq, c) in &items {
+        for (seq, c, _) in &items {
             self.node.inner.audit.append(
                 &self.name,
                 AuditEvent::MsgReceived {
@@ -1180,11 +1183,9 @@ impl LineTask {
         let new_upto = self.receiver.delivered_upto_with(&seqs);
         let mut rows = Vec::with_capacity(items.len());
         let mut contents: HashMap<u64, MessageContent> = HashMap::with_capacity(items.len());
-        for (seq, c) in items {
+        for (seq, c, plain) in items {
             let aad = atrest::body_aad(&self.name, Direction::Received, seq);
-            let plain = c
-                .encode()
-                .map_err(|e| NodeError::InvalidMessage(e.to_string()))?;
+            // the reassembled bytes are the encoding just decoded: seal them as they are
             let body = atrest::seal_body(self.node.data_key(), &aad, &plain)?;
             rows.push(store::Received { seq, body });
             contents.insert(seq, c);
@@ -1384,7 +1385,7 @@ impl LineTask {
 
 #[derive(Default)]
 struct Batch {
-    to_store: Vec<(u64, MessageContent)>,
+    to_store: Vec<(u64, MessageContent, Vec<u8>)>,
     acked_upto: Option<u64>,
     peer_mbox: Option<MailboxKeyPub>,
     relay_acks: Vec<(u64, [u8; ENVELOPE_ID_LEN])>,

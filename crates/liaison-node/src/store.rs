@@ -74,9 +74,14 @@ CREATE TABLE IF NOT EXISTS outbox (
     contact TEXT NOT NULL,
     seq INTEGER NOT NULL,
     created INTEGER NOT NULL,
-    body BLOB NOT NULL,
     status TEXT NOT NULL,
     done_at INTEGER,
+    PRIMARY KEY (contact, seq)
+);
+CREATE TABLE IF NOT EXISTS outbox_body (
+    contact TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    body BLOB NOT NULL,
     PRIMARY KEY (contact, seq)
 );
 CREATE INDEX IF NOT EXISTS outbox_status ON outbox (status);
@@ -435,6 +440,7 @@ pub fn add_contact(
 /// Removes a contact with its messages. Returns false if there was none.
 pub fn remove_contact(conn: &Connection, name: &str) -> Result<bool, DbError> {
     conn.execute("DELETE FROM outbox WHERE contact = ?1", [name])?;
+    conn.execute("DELETE FROM outbox_body WHERE contact = ?1", [name])?;
     conn.execute("DELETE FROM inbox WHERE contact = ?1", [name])?;
     Ok(conn.execute("DELETE FROM contacts WHERE name = ?1", [name])? > 0)
 }
@@ -568,8 +574,12 @@ pub fn outbox_push(
         [contact],
     )?;
     conn.execute(
-        "INSERT INTO outbox (contact, seq, created, body, status) VALUES (?1, ?2, ?3, ?4, 'pending')",
-        params![contact, seq, i(now), body],
+        "INSERT INTO outbox (contact, seq, created, status) VALUES (?1, ?2, ?3, 'pending')",
+        params![contact, seq, i(now)],
+    )?;
+    conn.execute(
+        "INSERT INTO outbox_body (contact, seq, body) VALUES (?1, ?2, ?3)",
+        params![contact, seq, body],
     )?;
     Ok(u(seq))
 }
@@ -618,8 +628,9 @@ fn outbox_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<OutboxRow> {
 /// Unacknowledged messages to one contact (pending or queued), by seq.
 pub fn outbox_unacked(conn: &Connection, contact: &str) -> Result<Vec<OutboxRow>, DbError> {
     let mut st = conn.prepare(
-        "SELECT contact, seq, created, body, status, done_at FROM outbox \
-         WHERE contact = ?1 AND status IN ('pending', 'queued') ORDER BY seq",
+        "SELECT o.contact, o.seq, o.created, b.body, o.status, o.done_at FROM outbox o \
+         JOIN outbox_body b USING (contact, seq) \
+         WHERE o.contact = ?1 AND o.status IN ('pending', 'queued') ORDER BY o.seq",
     )?;
     let rows = st.query_map([contact], outbox_row)?;
     Ok(rows.collect::<Result<_, _>>()?)
@@ -631,7 +642,10 @@ pub fn outbox_list(
     contact: Option<&str>,
     undelivered_only: bool,
 ) -> Result<Vec<OutboxRow>, DbError> {
-    let mut sql = String::from("SELECT contact, seq, created, body, status, done_at FROM outbox");
+    let mut sql = String::from(
+        "SELECT contact, seq, created, body, status, done_at FROM outbox \
+         JOIN outbox_body USING (contact, seq)",
+    );
     let mut conds = Vec::new();
     if contact.is_some() {
         conds.push("contact = ?1");

@@ -316,6 +316,7 @@ pub struct MessageContent {
     /// File name for files (no path separators), `None` for text.
     pub name: Option<String>,
     /// UTF-8 text or file bytes.
+    #[serde(with = "serde_bytes")]
     pub body: Vec<u8>,
 }
 
