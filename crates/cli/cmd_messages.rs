@@ -66,6 +66,14 @@ fn body_json(c: &MessageContent) -> serde_json::Value {
     }
 }
 
+/// `o` (a JSON object) with the message's `text` or `file`, and `size`.
+fn with_body(mut o: serde_json::Value, c: &MessageContent) -> serde_json::Value {
+    if let (Some(obj), serde_json::Value::Object(b)) = (o.as_object_mut(), body_json(c)) {
+        obj.extend(b);
+    }
+    o
+}
+
 fn body_text(c: &MessageContent) -> String {
     if c.kind == MSG_KIND_FILE {
         format!(
@@ -151,14 +159,13 @@ pub fn inbox(ctx: &Ctx, a: InboxArgs) -> CmdResult {
         let v: Vec<_> = items
             .iter()
             .map(|(r, c)| {
-                let mut o = serde_json::json!({
-                    "from": r.contact, "id": format!("{}:{}", r.contact, r.seq), "seq": r.seq,
-                    "received": r.received, "sent_at_ms": c.sent_at_ms,
-                });
-                if let (Some(o), serde_json::Value::Object(b)) = (o.as_object_mut(), body_json(c)) {
-                    o.extend(b);
-                }
-                o
+                with_body(
+                    serde_json::json!({
+                        "from": r.contact, "id": format!("{}:{}", r.contact, r.seq), "seq": r.seq,
+                        "received": r.received, "sent_at_ms": c.sent_at_ms,
+                    }),
+                    c,
+                )
             })
             .collect();
         print_json(&serde_json::Value::Array(v));
@@ -236,16 +243,13 @@ pub fn history(ctx: &Ctx, a: HistoryArgs) -> CmdResult {
         let v: Vec<_> = items
             .iter()
             .map(|i| {
-                let mut o = serde_json::json!({
-                    "direction": i.dir, "id": i.id, "at": i.at, "sent_at_ms": i.c.sent_at_ms,
-                    "status": i.status,
-                });
-                if let (Some(o), serde_json::Value::Object(b)) =
-                    (o.as_object_mut(), body_json(&i.c))
-                {
-                    o.extend(b);
-                }
-                o
+                with_body(
+                    serde_json::json!({
+                        "direction": i.dir, "id": i.id, "at": i.at, "sent_at_ms": i.c.sent_at_ms,
+                        "status": i.status,
+                    }),
+                    &i.c,
+                )
             })
             .collect();
         print_json(&serde_json::Value::Array(v));
@@ -307,14 +311,13 @@ pub fn outbox(ctx: &Ctx, a: OutboxArgs) -> CmdResult {
         let arr: Vec<_> = v
             .iter()
             .map(|(r, c)| {
-                let mut o = serde_json::json!({
-                    "to": r.contact, "id": format!("{}:{}", r.contact, r.seq), "seq": r.seq,
-                    "status": r.status, "created": r.created,
-                });
-                if let (Some(o), serde_json::Value::Object(b)) = (o.as_object_mut(), body_json(c)) {
-                    o.extend(b);
-                }
-                o
+                with_body(
+                    serde_json::json!({
+                        "to": r.contact, "id": format!("{}:{}", r.contact, r.seq), "seq": r.seq,
+                        "status": r.status, "created": r.created,
+                    }),
+                    c,
+                )
             })
             .collect();
         print_json(&serde_json::Value::Array(arr));

@@ -8,22 +8,6 @@ fn texts(prefix: &str, n: usize) -> Vec<String> {
     (1..=n).map(|i| format!("{prefix} {i:04}")).collect()
 }
 
-fn inbox_seqs_and_texts(n: &Node) -> Vec<(u64, String)> {
-    let out = n.run(&["inbox", "--json"]);
-    assert_ok(&out, "inbox");
-    json(&out)
-        .as_array()
-        .expect("array")
-        .iter()
-        .map(|m| {
-            (
-                m["seq"].as_u64().expect("seq"),
-                m["text"].as_str().expect("text").to_string(),
-            )
-        })
-        .collect()
-}
-
 #[test]
 fn two_hundred_piped_messages_arrive_exactly_once_in_order() {
     let (alice, bob, mut l) = pair_with_listener("alice", "bob");
@@ -44,7 +28,7 @@ fn two_hundred_piped_messages_arrive_exactly_once_in_order() {
     // nothing more (no duplicates) arrives afterwards
     assert!(l.messages(1, Duration::from_secs(2)).is_empty());
     // the stored inbox agrees, and the sender's outbox is empty
-    let stored = inbox_seqs_and_texts(&bob);
+    let stored = bob.inbox_rows();
     assert_eq!(stored.len(), 200);
     assert!(
         stored
@@ -78,7 +62,7 @@ fn one_shot_send_is_delivered_and_a_later_listen_delivers_pending() {
     assert_eq!(ob.as_array().map(Vec::len), Some(1));
     assert_eq!(ob[0]["status"], "pending");
     // ... and bob reading his (empty) inbox meanwhile does not need the line
-    assert_eq!(inbox_seqs_and_texts(&bob).len(), 1);
+    assert_eq!(bob.inbox_rows().len(), 1);
     // bob comes back on a new port; the next send delivers both, in order
     let mut l2 = bob.listen("127.0.0.1:0");
     let out = alice.run(&["contact", "set", "bob", "--addr", &l2.addr]);
@@ -113,7 +97,7 @@ fn listener_killed_mid_stream_loses_and_doubles_nothing() {
     let out = call.finish(Duration::from_secs(150));
     assert_ok(&out, "call across a listener crash");
     // every message is stored exactly once, in order (some were stored by the first run)
-    let stored = inbox_seqs_and_texts(&bob);
+    let stored = bob.inbox_rows();
     assert_eq!(stored.len(), 300, "stored {}", stored.len());
     for (i, (s, t)) in stored.iter().enumerate() {
         assert_eq!(*s, i as u64 + 1);

@@ -990,25 +990,28 @@ impl LineTask {
         }
     }
 
+    /// Where sealed envelopes go: a relay hop's queue, the peer's inbox there, and the peer's
+    /// mailbox key to seal to (its newest in-band key, else its card's). `None` for a
+    /// `--live-only` contact or without a relay hop.
+    fn envelope_target(&self) -> Option<(mpsc::Sender<Vec<u8>>, InboxId, MailboxKeyPub)> {
+        if self.live_only {
+            return None;
+        }
+        let (tx, dst) = self.relay_hop().and_then(|h| match h.kind {
+            HopKind::Relay { dst, .. } => Some((h.tx.clone(), dst)),
+            HopKind::Direct => None,
+        })?;
+        let card_key = self.card_mbox.as_ref()?;
+        let mailbox = self.peer_mbox.key_for_sending(unix_now(), card_key).clone();
+        Some((tx, dst, mailbox))
+    }
+
     /// Seals every unacknowledged message not yet in an envelope to the peer's mailbox and
     /// posts the envelopes for the relay to hold.
     fn seal_pending(&mut self) {
-        if self.live_only {
-            return;
-        }
-        let Some((tx, dst)) = self.relay_hop().and_then(|h| match h.kind {
-            HopKind::Relay { dst, .. } => Some((h.tx.clone(), dst)),
-            HopKind::Direct => None,
-        }) else {
+        let Some((tx, dst, mailbox)) = self.envelope_target() else {
             return;
         };
-        let Some(card_key) = self.card_mbox.clone() else {
-            return;
-        };
-        let mailbox = self
-            .peer_mbox
-            .key_for_sending(unix_now(), &card_key)
-            .clone();
         let todo: Vec<u64> = self
             .sender
             .unacked_seqs()
@@ -1101,22 +1104,12 @@ impl LineTask {
 
     /// With no live session, our ACK reaches the peer sealed in an envelope.
     fn send_ack_envelope(&mut self) {
-        if self.live_only || self.receiver.delivered_upto() == 0 {
+        if self.receiver.delivered_upto() == 0 {
             return;
         }
-        let Some((tx, dst)) = self.relay_hop().and_then(|h| match h.kind {
-            HopKind::Relay { dst, .. } => Some((h.tx.clone(), dst)),
-            HopKind::Direct => None,
-        }) else {
+        let Some((tx, dst, mailbox)) = self.envelope_target() else {
             return;
         };
-        let Some(card_key) = self.card_mbox.clone() else {
-            return;
-        };
-        let mailbox = self
-            .peer_mbox
-            .key_for_sending(unix_now(), &card_key)
-            .clone();
         let mut w = envelope::envelope_frame_writer();
         if w.ack(self.receiver.delivered_upto()) {
             self.post_envelope(&tx, dst, &mailbox, w, Vec::new());
