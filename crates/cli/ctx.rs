@@ -34,10 +34,12 @@ impl Ctx {
     pub fn home_dir(&self) -> Result<PathBuf, Failure> {
         match &self.global.home {
             Some(h) => Ok(h.clone()),
-            None => liaison_node::home::default_home().map_err(|e| {
-                usage(format!(
-                    "cannot find a default home ({e}); pass --home DIR or set LIAISON_HOME"
-                ))
+            None => liaison_node::home::default_home_from(
+                std::env::var_os("XDG_DATA_HOME").as_deref(),
+                std::env::var_os("HOME").as_deref(),
+            )
+            .ok_or_else(|| {
+                usage("cannot find a default home: pass --home DIR or set LIAISON_HOME")
             }),
         }
     }

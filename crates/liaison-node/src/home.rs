@@ -316,18 +316,8 @@ pub fn harden_process() -> Result<(), HomeError> {
     Ok(())
 }
 
-/// The default home: `$XDG_DATA_HOME/liaison` if `XDG_DATA_HOME` is set to an absolute path,
-/// else `$HOME/.local/share/liaison` (the XDG base directory rules, as the `directories`
-/// crate applies them on Linux). The CLI's `--home` / `LIAISON_HOME` take precedence.
-pub fn default_home() -> Result<PathBuf, HomeError> {
-    default_home_from(
-        std::env::var_os("XDG_DATA_HOME").as_deref(),
-        std::env::var_os("HOME").as_deref(),
-    )
-    .ok_or(HomeError::NoDefaultHome)
-}
-
-/// [`default_home`] from given values of `XDG_DATA_HOME` and `HOME`.
+/// The platform data directory's `liaison` folder, from the values of `XDG_DATA_HOME` and
+/// `HOME` (the binary reads the environment; libraries never do).
 pub fn default_home_from(xdg_data_home: Option<&OsStr>, home: Option<&OsStr>) -> Option<PathBuf> {
     if let Some(x) = xdg_data_home.map(Path::new)
         && x.is_absolute()
