@@ -545,3 +545,59 @@ fn reply_to_a_peer_who_just_left_is_queued_at_the_relay() {
         "bob",
     );
 }
+
+/// Bulk through the relay: large files between two real nodes arrive intact. A relay that
+/// dropped a subscriber whose queue filled (instead of slowing the poster) failed this.
+#[test]
+fn large_files_through_the_relay_arrive_intact() {
+    let relay = RelayProc::start(&[]);
+    let (alice, bob) = pair_at_relay(&relay, "alice", "bob");
+    let mut lb = bob.listen_relays(&["r1"]);
+    relay.wait_subscriptions(10);
+    let tmp = tempfile::tempdir().expect("tmp");
+    let mut sent = Vec::new();
+    for i in 0..3u32 {
+        let path = tmp.path().join(format!("file{i}.bin"));
+        let body: Vec<u8> = (0..6 * 1024 * 1024u32)
+            .map(|j| (j.wrapping_mul(2_654_435_761) >> (8 + i)) as u8)
+            .collect();
+        std::fs::write(&path, &body).expect("write");
+        let out = alice.run(&[
+            "send",
+            "bob",
+            "--file",
+            path.to_str().expect("utf8"),
+            "--relay",
+            "r1",
+            "--json",
+            "--timeout",
+            "60",
+        ]);
+        assert_ok(&out, "send a 6 MiB file via the relay");
+        assert_eq!(json(&out)["status"], "delivered", "{}", stderr(&out));
+        sent.push(body);
+    }
+    let got = lb.messages(3, Duration::from_secs(60));
+    assert_eq!(got.len(), 3);
+    for (i, (m, body)) in got.iter().zip(&sent).enumerate() {
+        let id = m["id"].as_str().expect("id").to_string();
+        let out_path = tmp.path().join(format!("got{i}.bin"));
+        let out = bob.run(&[
+            "inbox",
+            "--save",
+            &id,
+            "--out",
+            out_path.to_str().expect("utf8"),
+        ]);
+        assert_ok(&out, "save");
+        assert!(
+            std::fs::read(&out_path).expect("read") == *body,
+            "file {i} altered"
+        );
+    }
+    assert_eq!(
+        relay.metric("liaison_relay_dropped_total{reason=\"slow_client\"}"),
+        Some(0),
+        "the relay dropped bob as a slow subscriber"
+    );
+}

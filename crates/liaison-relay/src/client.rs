@@ -3,7 +3,9 @@
 //!
 //! Tasks of one connection, all owned by [`serve_client`]:
 //! - the **reader** (this function's own loop): one frame at a time, every length checked
-//!   before allocating; a `store = 1` post waits for room among `max_inflight_posts`;
+//!   before allocating; a `store = 1` post waits for room among `max_inflight_posts`; a live
+//!   post waits up to `write_timeout` for room in each subscriber's queue (back-pressure on
+//!   the poster) before that subscriber is dropped as too slow;
 //! - the **writer**: drains the outbound queue into the QUIC stream; a client that accepts
 //!   nothing for `write_timeout` is disconnected;
 //! - the **committer**: takes the store's answers in post order and sends `ACK` (or `ERR`),
@@ -204,7 +206,9 @@ impl Client {
                 }
                 Request::Post {
                     dst, store: false, ..
-                } => self.forward(frame, dst),
+                } => {
+                    self.forward(frame, dst).await;
+                }
                 Request::Post {
                     dst, store: true, ..
                 } => {
@@ -256,7 +260,7 @@ impl Client {
     }
 
     /// `store = 0`: forward to live subscribers or answer `NO_SUBSCRIBER`.
-    fn forward(&self, mut frame: Vec<u8>, dst: InboxId) {
+    async fn forward(&self, mut frame: Vec<u8>, dst: InboxId) {
         let blob_ref = |f: &[u8]| envelope_id(f.get(DELIVER_HEADER..).unwrap_or_default());
         let subscribers = self.shared.registry.subscribers(&dst);
         if subscribers.is_empty() {
@@ -268,7 +272,30 @@ impl Client {
         let frame = Arc::new(frame);
         let mut n = 0;
         for s in subscribers {
-            if send_to(&self.shared, &s, Arc::clone(&frame)) {
+            // back-pressure: a subscriber whose queue is full makes this poster wait (and
+            // QUIC flow control makes the poster's sender wait) for up to write_timeout,
+            // instead of being disconnected at once
+            let ok = match s.out.try_push(Arc::clone(&frame)) {
+                Ok(()) => true,
+                Err(crate::outbound::PushError::Closed) => false,
+                Err(crate::outbound::PushError::Full(why)) => {
+                    match timeout(
+                        self.shared.config.write_timeout,
+                        s.out.push(Arc::clone(&frame)),
+                    )
+                    .await
+                    {
+                        Ok(Ok(())) => true,
+                        Ok(Err(_)) => false,
+                        Err(_) => {
+                            self.shared.metrics.drop_frame(why);
+                            s.disconnect(err::QUOTA, "outbound queue full");
+                            false
+                        }
+                    }
+                }
+            };
+            if ok {
                 n += 1;
             }
         }

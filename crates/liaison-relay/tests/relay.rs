@@ -433,6 +433,8 @@ async fn slow_subscriber_is_disconnected_not_buffered() {
     let mut config = test_config(tmp.path());
     config.client_queue_bytes = 128 * 1024;
     config.total_queue_bytes = 1 << 20;
+    // posters wait this long for a full subscriber before it is dropped
+    config.write_timeout = Duration::from_secs(2);
     let relay = TestRelay::start(config).await;
     let inbox = rand16();
     // a subscriber with small windows that never reads
