@@ -97,25 +97,40 @@ pub fn process_cpu() -> Option<std::time::Duration> {
 /// Name (as `/proc` shows it, 15 bytes) of tokio's worker threads.
 const WORKER_COMM: &str = "tokio-rt-worker";
 
+/// Worker threads of the bench's runtime (`main` builds it with 2).
+const WORKERS: usize = 2;
+
 /// Summed scheduler statistics of this process's tokio worker threads: nanoseconds running,
 /// nanoseconds runnable but waiting for a CPU (taken by someone else), and how many workers.
+///
+/// tokio's blocking-pool threads carry the same name (the relay's store joins its thread
+/// with `spawn_blocking`, and such a thread lingers for 10 s), so only the [`WORKERS`]
+/// oldest threads of that name count: the workers start with the runtime, before any
+/// blocking thread.
 fn workers_schedstat() -> Option<(u64, u64, usize)> {
-    let mut run = 0;
-    let mut wait = 0;
-    let mut n = 0;
+    let mut found = Vec::new();
     for entry in std::fs::read_dir("/proc/self/task").ok()?.flatten() {
         let dir = entry.path();
         let comm = std::fs::read_to_string(dir.join("comm")).unwrap_or_default();
         if comm.trim_end() != WORKER_COMM {
             continue;
         }
+        let Some(tid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|t| t.parse::<u64>().ok())
+        else {
+            continue;
+        };
         let stat = std::fs::read_to_string(dir.join("schedstat")).ok()?;
         let mut f = stat.split_whitespace().map(|x| x.parse::<u64>().ok());
-        run += f.next()??;
-        wait += f.next()??;
-        n += 1;
+        found.push((tid, f.next()??, f.next()??));
     }
-    (n > 0).then_some((run, wait, n))
+    found.sort_unstable();
+    found.truncate(WORKERS);
+    let run = found.iter().map(|w| w.1).sum();
+    let wait = found.iter().map(|w| w.2).sum();
+    (!found.is_empty()).then_some((run, wait, found.len()))
 }
 
 /// A timed measurement window: wall time, this process's CPU time, its workers' scheduling,

@@ -5,12 +5,14 @@
 //! sender commits the ack and emits `NodeEvent::Delivered`. Every step the real `call` takes,
 //! with the same stores.
 
+use crate::relay_path::InProcRelay;
 use anyhow::{Context, Result, anyhow, bail};
+use liaison_hop::HopKey;
 use liaison_node::node::{Node, NodeEvent, NodeOptions};
 use liaison_node::secrets::NodeSecrets;
-use liaison_node::store::{self, NewContact};
+use liaison_node::store::{self, NewContact, RelayRow};
 use liaison_proto::identity::Identity;
-use liaison_proto::keys::random_bytes;
+use liaison_proto::keys::{random_bytes, random_secret};
 use liaison_wire::frame::{MSG_KIND_FILE, MSG_KIND_TEXT, MessageContent};
 use std::time::{Duration, Instant};
 use tokio::sync::broadcast::{self, error::RecvError};
@@ -27,7 +29,12 @@ struct TestNode {
     hop: [u8; 32],
 }
 
-fn make(name: &str) -> Result<TestNode> {
+/// Name under which the nodes pin the bench's relay.
+const RELAY_NAME: &str = "r1";
+
+/// A node in a temporary home; with `relay`, it pins that relay (as `liaison relay add` does:
+/// a hop key of its own for it, and the relay's card).
+async fn make(name: &str, relay: Option<&InProcRelay>) -> Result<TestNode> {
     let dir = tempfile::tempdir()?;
     let identity = Identity::generate(name, crate::unix_now())?;
     let card = identity.card()?.to_bytes();
@@ -36,10 +43,28 @@ fn make(name: &str) -> Result<TestNode> {
         identity.noise_public(),
         identity.hop_public(),
     );
-    let secrets = NodeSecrets::new(identity)?;
+    let mut secrets = NodeSecrets::new(identity)?;
+    let mut row = None;
+    if let Some(r) = relay {
+        let seed = random_secret::<32>()?;
+        row = Some(RelayRow {
+            name: RELAY_NAME.into(),
+            card: r.card_text.clone(),
+            relay_key: r.key,
+            addr: r.addr.to_string(),
+            our_key: HopKey::from_seed(&seed).public(),
+            added: crate::unix_now(),
+        });
+        secrets.relays.push((RELAY_NAME.into(), seed));
+    }
     let path = dir.path().join("node.db");
     let db = store::open(&path)?;
     let node = Node::start(db, path, secrets, NodeOptions::default())?;
+    if let Some(row) = row {
+        node.db()
+            .write(move |conn| store::add_relay(conn, &row, false))
+            .await?;
+    }
     Ok(TestNode {
         node,
         _dir: dir,
@@ -50,7 +75,13 @@ fn make(name: &str) -> Result<TestNode> {
     })
 }
 
-async fn pin(a: &TestNode, name: &str, b: &TestNode, addr: Option<String>) -> Result<()> {
+async fn pin(
+    a: &TestNode,
+    name: &str,
+    b: &TestNode,
+    addr: Option<String>,
+    relay: Option<&str>,
+) -> Result<()> {
     let c = NewContact {
         name: name.into(),
         card: b.card.clone(),
@@ -58,7 +89,7 @@ async fn pin(a: &TestNode, name: &str, b: &TestNode, addr: Option<String>) -> Re
         noise: b.noise,
         hop: b.hop,
         addr,
-        relay: None,
+        relay: relay.map(str::to_string),
     };
     let now = crate::unix_now();
     a.node
@@ -89,14 +120,47 @@ pub struct Pair {
 impl Pair {
     /// Starts both nodes, pins them to each other, brings the line up.
     pub async fn start() -> Result<Pair> {
-        let alice = make("alice")?;
-        let bob = make("bob")?;
+        let alice = make("alice", None).await?;
+        let bob = make("bob", None).await?;
         // bob pins alice before listening, so his listener accepts her at once
-        pin(&bob, "alice", &alice, None).await?;
+        pin(&bob, "alice", &alice, None, None).await?;
         let addr = bob.node.listen(([127, 0, 0, 1], 0).into()).await?;
-        pin(&alice, "bob", &bob, Some(addr.to_string())).await?;
+        pin(&alice, "bob", &bob, Some(addr.to_string()), None).await?;
         let mut rx = alice.node.subscribe();
         alice.node.connect("bob", None).await?;
+        Self::line_up(alice, bob, &mut rx).await
+    }
+
+    /// Starts both nodes with no address for each other, both pinning `relay` and meeting
+    /// there (`Node::use_relay`, as `liaison listen --relay` does), and brings the line up
+    /// through it: every blob between them is a `POST`/`DELIVER` through the relay.
+    pub async fn start_via(relay: &InProcRelay) -> Result<Pair> {
+        let alice = make("alice", Some(relay)).await?;
+        let bob = make("bob", Some(relay)).await?;
+        pin(&bob, "alice", &alice, None, Some(RELAY_NAME)).await?;
+        pin(&alice, "bob", &bob, None, Some(RELAY_NAME)).await?;
+        for n in [&bob, &alice] {
+            if !n
+                .node
+                .use_relay(RELAY_NAME, Duration::from_secs(20))
+                .await?
+            {
+                bail!("a node did not subscribe at the relay in 20 s");
+            }
+        }
+        let mut rx = alice.node.subscribe();
+        alice
+            .node
+            .connect_via("bob", None, Some(RELAY_NAME.into()))
+            .await?;
+        Self::line_up(alice, bob, &mut rx).await
+    }
+
+    async fn line_up(
+        alice: TestNode,
+        bob: TestNode,
+        rx: &mut broadcast::Receiver<NodeEvent>,
+    ) -> Result<Pair> {
         tokio::time::timeout(Duration::from_secs(20), async {
             loop {
                 match rx.recv().await {
@@ -218,12 +282,15 @@ pub async fn throughput(pair: &Pair, total: usize, size: usize) -> Result<(f64, 
 /// `liaison send FILE` does), MiB of file body per second from the first submit to the last
 /// `Delivered`. This is the whole durable path for bulk data: at-rest sealing of the body at
 /// both ends, fragmentation into full 65,519-byte plaintexts, reassembly, SQLite.
-pub async fn files(pair: &Pair, count: usize, size: usize) -> Result<f64> {
+/// Bounded by `limit` (default: 60 s plus 1 s per MiB).
+pub async fn files(pair: &Pair, count: usize, size: usize, limit: Option<Duration>) -> Result<f64> {
     let alice = pair.alice.node.clone();
     let mut rx = alice.subscribe();
     let mut seen = alice.line_status("bob").await.acked_upto;
     let body: Vec<u8> = (0..size).map(|i| (i % 251) as u8).collect();
-    let deadline = Instant::now() + Duration::from_secs(60 + (count * size) as u64 / (1 << 20));
+    let limit =
+        limit.unwrap_or_else(|| Duration::from_secs(60 + (count * size) as u64 / (1 << 20)));
+    let deadline = Instant::now() + limit;
     let t0 = Instant::now();
     let mut last = 0;
     for i in 0..count {

@@ -42,7 +42,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
 /// Fragments per simulated message: the bulk stream is a sequence of 16 MiB messages.
-const FRAGS_PER_MSG: u32 = 256;
+pub(crate) const FRAGS_PER_MSG: u32 = 256;
 /// Largest hop frame the sender produces.
 const FRAME_CAP: usize = HOP_HEADER_LEN + DATA_HEADER_LEN + MAX_PLAINTEXT + NOISE_TAG_LEN;
 
@@ -189,7 +189,7 @@ async fn read_owned_blob(r: &mut HopReader) -> Result<Option<Vec<u8>>> {
 }
 
 /// A full-fragment plaintext for fragment `idx` of message `seq` of `src`.
-fn bulk_plaintext(src: &[u8], seq: u64, idx: u32) -> Vec<u8> {
+pub(crate) fn bulk_plaintext(src: &[u8], seq: u64, idx: u32) -> Vec<u8> {
     let mut w = FrameWriter::new(MAX_PLAINTEXT);
     let start = idx as usize * MAX_FRAGMENT;
     let chunk = src.get(start..start + MAX_FRAGMENT).unwrap_or_default();
@@ -211,7 +211,7 @@ fn seal_frame(line: &mut Line, pt: &[u8]) -> Result<Vec<u8>> {
 }
 
 /// Opens one blob; returns the plaintext bytes and the MSG chunk bytes it carried.
-fn open_blob(line: &mut Line, blob: &[u8], pt: &mut Vec<u8>) -> Result<(usize, usize)> {
+pub(crate) fn open_blob(line: &mut Line, blob: &[u8], pt: &mut Vec<u8>) -> Result<(usize, usize)> {
     if line.handle_blob(Instant::now(), blob, pt) != Received::Plaintext {
         bail!("a DATA blob did not open: {:?}", line.poll_event());
     }
@@ -226,7 +226,7 @@ fn open_blob(line: &mut Line, blob: &[u8], pt: &mut Vec<u8>) -> Result<(usize, u
 
 /// Counts received plaintext and starts the clock once the warm-up is in.
 #[derive(Debug)]
-struct Meter {
+pub(crate) struct Meter {
     warmup: u64,
     total: u64,
     got: u64,
@@ -234,7 +234,7 @@ struct Meter {
 }
 
 impl Meter {
-    fn new(warmup: u64, total: u64) -> Self {
+    pub(crate) fn new(warmup: u64, total: u64) -> Self {
         Meter {
             warmup,
             total,
@@ -244,7 +244,7 @@ impl Meter {
     }
 
     /// Adds `n` bytes; true when everything has arrived.
-    fn add(&mut self, n: usize) -> bool {
+    pub(crate) fn add(&mut self, n: usize) -> bool {
         self.got += n as u64;
         if self.start.is_none() && self.got >= self.warmup {
             self.start = Some((Window::start(), self.got));
@@ -252,14 +252,21 @@ impl Meter {
         self.got >= self.total
     }
 
-    fn finish(&self) -> Result<Measured> {
+    pub(crate) fn finish(&self) -> Result<Measured> {
         let (w0, at) = self.start.context("nothing received")?;
         Ok(w0.finish(self.got - at))
     }
 }
 
+/// The bytes of one simulated 16 MiB message that bulk frames carry fragments of.
+pub(crate) fn bulk_source() -> Vec<u8> {
+    (0..MAX_FRAGMENT * FRAGS_PER_MSG as usize)
+        .map(|i| (i % 251) as u8)
+        .collect()
+}
+
 /// Number of full plaintexts that carry at least `bytes`.
-fn frames_for(bytes: u64) -> u64 {
+pub(crate) fn frames_for(bytes: u64) -> u64 {
     bytes.div_ceil(MAX_PLAINTEXT as u64)
 }
 
@@ -396,9 +403,7 @@ pub async fn bulk(warmup: u64, bytes: u64, path: Path) -> Result<Measured> {
     let warm_frames = frames_for(warmup);
     let frames = warm_frames + frames_for(bytes);
     let total = frames * MAX_PLAINTEXT as u64;
-    let src: Vec<u8> = (0..MAX_FRAGMENT * FRAGS_PER_MSG as usize)
-        .map(|i| (i % 251) as u8)
-        .collect();
+    let src = bulk_source();
     let limit = bulk_timeout(total);
     let HopPair { client, server, .. } = pair;
     let mib = match path {

@@ -14,9 +14,14 @@
 //! - durable delivery through two real nodes: submit → stored by the peer → receipt latency
 //!   (p50/p99), messages per second on one line with group commit, and MiB/s of 16 MiB files.
 //!
-//! With `--relay` it also measures relay capacity (`relay.rs`: idle subscribed nodes one relay
-//! holds and its memory), with `--audit` the audit log (`audit.rs`: appends per second with
-//! checkpoints, checking a 1,000,000-entry bundle); both are off by default.
+//! With `--relay` it also measures the relay path (`relay_path.rs`: the same Noise line through
+//! a real in-process relay, bulk MiB/s interleaved with raw quinn's runs and round trips in
+//! the same blocks, against the relay path's bound `2N / (4N + R)`), sealed envelopes
+//! (`envelopes.rs`: seal + open in memory, `store = 1` posts through the relay's durable
+//! queue), durable delivery between two real nodes that meet at a relay (`durable.rs`) and
+//! relay capacity (`relay.rs`: idle subscribed nodes one relay holds and its memory); with
+//! `--audit` the audit log (`audit.rs`: appends per second with checkpoints,
+//! checking a 1,000,000-entry bundle). Both are off by default.
 //!
 //! Everything async runs on one tokio multi-thread runtime with 2 workers; every wait is
 //! bounded, so a broken build fails with an error instead of hanging.
@@ -28,10 +33,12 @@
 mod audit;
 mod cpu;
 mod durable;
+mod envelopes;
 mod line;
 mod noise;
 mod raw;
 mod relay;
+mod relay_path;
 mod setup;
 mod stats;
 
@@ -77,14 +84,18 @@ struct Args {
     /// Bulk runs per data path (the median is reported).
     #[arg(long, value_name = "N")]
     runs: Option<usize>,
-    /// Only these sections (comma-separated: noise, bulk, rtt, durable). `bulk:PATH` picks
-    /// bulk data paths: raw, rawwc, line, node, and the variants in docs/performance.md.
+    /// Only these sections (comma-separated: noise, bulk, rtt, durable, and with --relay
+    /// envelope, envelope:live, capacity). `bulk:PATH` picks bulk data paths: raw, rawwc,
+    /// line, node, relay, and the variants in docs/performance.md.
     #[arg(long, value_delimiter = ',', value_name = "LIST")]
     only: Vec<String>,
-    /// Also measure relay capacity (a relay child process holding idle subscribed nodes).
+    /// Also measure the relay path (bulk and round trips through an in-process relay, beside
+    /// raw quinn's runs), sealed envelopes, and relay capacity (a relay child process holding
+    /// idle subscribed nodes).
     #[arg(long)]
     relay: bool,
-    /// Nodes the relay capacity test connects (default 10,000; 1,000 with --quick).
+    /// Nodes the relay capacity test connects (default 10,000; 1,000 with --quick; 0 skips
+    /// the capacity test).
     #[arg(long, value_name = "N")]
     relay_nodes: Option<usize>,
     /// Also measure the audit log (appends with checkpoints, checking a large bundle).
@@ -107,6 +118,8 @@ struct Plan {
     tput_msgs: usize,
     msg_size: usize,
     files: (usize, usize),
+    envelopes_small: usize,
+    envelopes_full: usize,
 }
 
 impl Plan {
@@ -134,6 +147,10 @@ impl Plan {
             } else {
                 (4, liaison_wire::consts::MAX_MESSAGE_BODY)
             },
+            // under the relay's default inbox quotas (4,096 envelopes, 64 MiB) even if the
+            // recipient acknowledged none
+            envelopes_small: if a.quick { 1_000 } else { 3_000 },
+            envelopes_full: if a.quick { 200 } else { 600 },
         }
     }
 }
@@ -143,6 +160,15 @@ fn wants(a: &Args, section: &str) -> bool {
         || a.only
             .iter()
             .any(|s| s == section || s.split(':').next() == Some(section))
+}
+
+/// The relay-path sections: with `--relay` when `--only` is not given, else when named.
+fn wants_relay(a: &Args, section: &str) -> bool {
+    if a.only.is_empty() {
+        a.relay
+    } else {
+        a.relay && wants(a, section)
+    }
 }
 
 fn put(out: &mut Map<String, Value>, key: &str, v: impl Into<Value>) {
@@ -284,6 +310,17 @@ async fn bulk_section(plan: &Plan, args: &Args, out: &mut Map<String, Value>) ->
     let mut node = Vec::new();
     let mut extra: std::collections::BTreeMap<&str, Vec<cpu::Measured>> = Default::default();
     let mut raw_yield = Vec::new();
+    let mut relay = Vec::new();
+    let mut relay_extra: std::collections::BTreeMap<&str, Vec<cpu::Measured>> = Default::default();
+    let mut relay_dropped = (0u64, 0u64);
+    let mut relay_failed: Vec<String> = Vec::new();
+    let mut relay_extra_failed: std::collections::BTreeMap<&str, Vec<String>> = Default::default();
+    let any_bulk_filter = args.only.iter().any(|s| s.starts_with("bulk:"));
+    let relay_on = if any_bulk_filter {
+        pick("relay")
+    } else {
+        args.relay
+    };
     for run in 0..plan.runs {
         progress(args.json, &format!("bulk run {} of {}", run + 1, plan.runs));
         let (w, b) = (plan.warmup_bytes, plan.bulk_bytes);
@@ -295,6 +332,27 @@ async fn bulk_section(plan: &Plan, args: &Args, out: &mut Map<String, Value>) ->
         }
         if pick("node") {
             node.push(line::bulk(w, b, line::Path::Node(line::NodeOpts::TODAY)).await?);
+        }
+        if relay_on {
+            // a failed run (the relay disconnected the receiver) is recorded, not fatal
+            match relay_path::bulk(w, b, relay_path::RelayTuning::BEST).await {
+                Ok((m, d)) => {
+                    relay_dropped = (relay_dropped.0 + d.0, relay_dropped.1 + d.1);
+                    relay.push(m);
+                }
+                Err(e) => relay_failed.push(format!("{e:#}")),
+            }
+        }
+        for (name, tuning) in relay_path::VARIANTS {
+            if args.only.iter().any(|s| s == &format!("bulk:{name}")) {
+                match relay_path::bulk(w, b, *tuning).await {
+                    Ok((m, _)) => relay_extra.entry(name).or_default().push(m),
+                    Err(e) => relay_extra_failed
+                        .entry(name)
+                        .or_default()
+                        .push(format!("{e:#}")),
+                }
+            }
         }
         for (name, tuning) in line::VARIANTS {
             if args.only.iter().any(|s| s == &format!("bulk:{name}")) {
@@ -332,31 +390,90 @@ async fn bulk_section(plan: &Plan, args: &Args, out: &mut Map<String, Value>) ->
     if let (Some(r), Some(ln)) = (r, ln) {
         put(out, "line_node_path_raw_ratio", round(ln / r, 3));
     }
+    let rl = put_bulk(out, "relay_bulk", &relay);
+    for (name, runs) in &relay_extra {
+        put_bulk(out, &format!("relay_bulk_{name}"), runs);
+    }
+    for (name, errors) in &relay_extra_failed {
+        put(
+            out,
+            &format!("relay_bulk_{name}_failed_runs"),
+            json!(errors),
+        );
+    }
+    if !relay_failed.is_empty() {
+        put(out, "relay_bulk_failed_runs", json!(relay_failed));
+    }
+    if !relay.is_empty() {
+        put(
+            out,
+            "relay_bulk_window_frames",
+            relay_path::RelayTuning::BEST.window,
+        );
+        put(
+            out,
+            "relay_bulk_dropped_frames",
+            json!({ "slow_client": relay_dropped.0, "overload": relay_dropped.1 }),
+        );
+    }
+    if let (Some(r), Some(rl)) = (r, rl) {
+        put(out, "relay_raw_ratio", round(rl / r, 3));
+    }
     Ok(())
 }
 
-/// Round trips on one raw hop and one line, in alternating blocks (so drift hits both
-/// alike), after a warm-up of each; percentiles over all samples.
-async fn rtt_section(plan: &Plan, out: &mut Map<String, Value>) -> Result<()> {
+/// Round trips on one raw hop and one line (and through a relay, with `--relay`), in
+/// alternating blocks (so drift hits all alike), after a warm-up of each; percentiles over
+/// all samples.
+async fn rtt_section(plan: &Plan, with_relay: bool, out: &mut Map<String, Value>) -> Result<()> {
     const BLOCKS: usize = 4;
     let mut raw_p = raw::RawPinger::new().await?;
     let mut line_p = line::LinePinger::new().await?;
+    let mut relay_p = match with_relay {
+        true => Some(relay_path::RelayPinger::new().await?),
+        false => None,
+    };
     let result = async {
         raw_p.block(plan.rtt_warmup).await?;
         line_p.block(plan.rtt_warmup).await?;
+        if let Some(p) = relay_p.as_mut() {
+            p.block(plan.rtt_warmup).await?;
+        }
         let per = plan.rtt_rounds.div_ceil(BLOCKS);
         let mut raw = Vec::with_capacity(plan.rtt_rounds);
         let mut line = Vec::with_capacity(plan.rtt_rounds);
+        let mut relay = Vec::with_capacity(plan.rtt_rounds);
         for _ in 0..BLOCKS {
             raw.extend(raw_p.block(per).await?);
             line.extend(line_p.block(per).await?);
+            if let Some(p) = relay_p.as_mut() {
+                relay.extend(p.block(per).await?);
+            }
         }
-        anyhow::Ok((raw, line))
+        anyhow::Ok((raw, line, relay))
     }
     .await;
     raw_p.close().await;
     line_p.close().await;
-    let (raw, line) = result?;
+    if let Some(p) = relay_p {
+        p.close().await;
+    }
+    let (raw, line, relay) = result?;
+    if !relay.is_empty() {
+        let (p50, p99) = (percentile(&relay, 50.0), percentile(&relay, 99.0));
+        put(out, "relay_rtt_p50_us", round(p50, 1));
+        put(out, "relay_rtt_p99_us", round(p99, 1));
+        put(
+            out,
+            "relay_rtt_p50_over_raw_us",
+            round(p50 - percentile(&raw, 50.0), 1),
+        );
+        put(
+            out,
+            "relay_rtt_p50_over_line_us",
+            round(p50 - percentile(&line, 50.0), 1),
+        );
+    }
     let (r50, r99) = (percentile(&raw, 50.0), percentile(&raw, 99.0));
     let (l50, l99) = (percentile(&line, 50.0), percentile(&line, 99.0));
     put(out, "raw_rtt_p50_us", round(r50, 1));
@@ -374,7 +491,7 @@ async fn durable_section(plan: &Plan, args: &Args, out: &mut Map<String, Value>)
     let result = async {
         if files_only {
             let (count, size) = plan.files;
-            let file_mib_s = durable::files(&pair, count, size).await?;
+            let file_mib_s = durable::files(&pair, count, size, None).await?;
             put(out, "durable_file_mib_s", round(file_mib_s, 1));
             return anyhow::Ok(());
         }
@@ -393,7 +510,7 @@ async fn durable_section(plan: &Plan, args: &Args, out: &mut Map<String, Value>)
         put(out, "durable_msgs_per_s", round(rate, 0));
         put(out, "durable_throughput_seconds", round(secs, 2));
         let (count, size) = plan.files;
-        let file_mib_s = durable::files(&pair, count, size).await?;
+        let file_mib_s = durable::files(&pair, count, size, None).await?;
         put(out, "durable_file_mib_s", round(file_mib_s, 1));
         put(
             out,
@@ -404,6 +521,70 @@ async fn durable_section(plan: &Plan, args: &Args, out: &mut Map<String, Value>)
     }
     .await;
     pair.shutdown().await;
+    result
+}
+
+/// Durable delivery between two real nodes that meet at a relay (no direct address): the
+/// same latency, throughput and file tests as [`durable_section`], through an in-process
+/// relay. Records what the relay dropped (slow clients) beside the figures.
+async fn relay_durable_section(plan: &Plan, out: &mut Map<String, Value>) -> Result<()> {
+    let relay = relay_path::InProcRelay::start().await?;
+    let pair = match durable::Pair::start_via(&relay).await {
+        Ok(p) => p,
+        Err(e) => {
+            relay.stop().await;
+            return Err(e);
+        }
+    };
+    let mut m = Map::new();
+    let result = async {
+        let lat = durable::latency(&pair, plan.lat_warmup, plan.lat_msgs, plan.msg_size).await?;
+        m.insert(
+            "latency_p50_ms".into(),
+            json!(round(percentile(&lat, 50.0), 2)),
+        );
+        m.insert(
+            "latency_p99_ms".into(),
+            json!(round(percentile(&lat, 99.0), 2)),
+        );
+        let (rate, secs) = durable::throughput(&pair, plan.tput_msgs, plan.msg_size).await?;
+        m.insert("msgs_per_s".into(), json!(round(rate, 0)));
+        m.insert("throughput_seconds".into(), json!(round(secs, 2)));
+        let (count, size) = plan.files;
+        let t = Instant::now();
+        // bounded at 30 s: through today's relay and node it does not finish (see
+        // docs/performance.md)
+        match durable::files(&pair, count, size, Some(Duration::from_secs(30))).await {
+            Ok(mib) => {
+                m.insert("file_mib_s".into(), json!(round(mib, 1)));
+            }
+            Err(e) => {
+                m.insert("file_error".into(), json!(format!("{e:#}")));
+                m.insert(
+                    "file_gave_up_after_s".into(),
+                    json!(round(t.elapsed().as_secs_f64(), 1)),
+                );
+            }
+        }
+        m.insert(
+            "peer_delivered_upto".into(),
+            json!(durable::bob_delivered_upto(&pair).await),
+        );
+        anyhow::Ok(())
+    }
+    .await;
+    let (slow, over) = relay.dropped();
+    let connections = relay
+        .handle
+        .metrics()
+        .connections_total
+        .load(std::sync::atomic::Ordering::Relaxed);
+    pair.shutdown().await;
+    relay.stop().await;
+    m.insert("relay_dropped_slow_client".into(), json!(slow));
+    m.insert("relay_dropped_overload".into(), json!(over));
+    m.insert("relay_connections_made".into(), json!(connections));
+    put(out, "relay_durable", Value::Object(m));
     result
 }
 
@@ -450,6 +631,29 @@ fn aims(out: &mut Map<String, Value>) {
         derived.push(("crypto_bound_ratio_write_chunk_raw", round(b, 3)));
         derived.push(("line_vs_bound_write_chunk_raw", round(l / r / b, 3)));
     }
+    // the relay path: two QUIC hops plus Noise on the same two cores
+    if let (Some(n), Some(r)) = (get("noise_chachapoly_mib_s"), get("raw_quinn_bulk_mib_s")) {
+        let b = noise::relay_bound(n, r);
+        derived.push(("relay_crypto_bound_ratio", round(b, 3)));
+        if let Some(ratio) = get("relay_raw_ratio") {
+            derived.push(("relay_vs_bound", round(ratio / b, 3)));
+        }
+        if let Some(rr) = get("relay_bulk_relayraw_mib_s") {
+            // opaque blobs: the bound without Noise is 1/2
+            derived.push(("relay_raw_blobs_raw_ratio", round(rr / r, 3)));
+            derived.push(("relay_raw_blobs_vs_bound", round(rr / r / 0.5, 3)));
+        }
+    }
+    if let (Some(n), Some(rc)) = (
+        get("noise_chachapoly_mib_s"),
+        get("raw_quinn_bulk_cpu_ms_per_mib"),
+    ) {
+        let model = 2.0 * rc + 1e3 / n;
+        derived.push(("relay_cpu_model_ms_per_mib", round(model, 3)));
+        if let Some(c) = get("relay_bulk_cpu_ms_per_mib") {
+            derived.push(("relay_vs_bound_cpu", round(model / c, 3)));
+        }
+    }
     for (k, v) in derived {
         put(out, k, v);
     }
@@ -463,6 +667,27 @@ fn aims(out: &mut Map<String, Value>) {
     }
     if let Some(m) = get("durable_msgs_per_s") {
         met.insert("durable_ge_5000_msgs_per_s".into(), json!(m >= 5000.0));
+    }
+    if let Some(v) = get("relay_vs_bound") {
+        met.insert("relay_vs_bound_ge_0_9".into(), json!(v >= 0.9));
+    }
+    if let Some(c) = out.get("relay").and_then(Value::as_object) {
+        let held = c.get("all_stayed_connected").and_then(Value::as_bool);
+        let within = c.get("within_512_mib").and_then(Value::as_bool);
+        let nodes = c.get("nodes").and_then(Value::as_u64);
+        if let (Some(h), Some(w), Some(n)) = (held, within, nodes) {
+            met.insert(
+                "relay_10000_nodes_within_512_mib".into(),
+                json!(n >= 10_000 && h && w),
+            );
+        }
+    }
+    if let Some(s) = out
+        .get("audit")
+        .and_then(|a| a.get("audit_check_1m_entries_s"))
+        .and_then(Value::as_f64)
+    {
+        met.insert("audit_check_1m_within_5_s".into(), json!(s <= 5.0));
     }
     put(out, "aims_met", Value::Object(met));
 }
@@ -525,6 +750,13 @@ fn table(out: &Map<String, Value>) {
             "durable large files through nodes",
             "MiB/s",
         ),
+        ("relay_bulk_mib_s", "relay path bulk", "MiB/s"),
+        ("relay_raw_ratio", "relay path / raw", ""),
+        ("relay_crypto_bound_ratio", "relay path bound 2N/(4N+R)", ""),
+        ("relay_vs_bound", "relay ratio / bound (aim >= 0.9)", ""),
+        ("relay_vs_bound_cpu", "relay CPU cost model / measured", ""),
+        ("relay_rtt_p50_us", "relay path 256 B RTT p50", "us"),
+        ("relay_rtt_p99_us", "relay path 256 B RTT p99", "us"),
     ];
     println!();
     for (k, label, unit) in rows {
@@ -532,7 +764,13 @@ fn table(out: &Map<String, Value>) {
             println!("{label:<44} {:>12} {unit}", v.to_string());
         }
     }
-    for k in ["relay", "audit"] {
+    for k in [
+        "relay_durable",
+        "envelope_in_memory",
+        "envelope_relay_store",
+        "relay",
+        "audit",
+    ] {
         if let Some(v) = out.get(k) {
             println!("{k}: {v}");
         }
@@ -593,6 +831,16 @@ fn main() -> std::process::ExitCode {
         }
         interference(&mut out, "noise", probe);
     }
+    if wants_relay(&args, "envelope") {
+        progress(args.json, "sealed envelopes in memory (one core)");
+        let probe = cpu::CpuProbe::start();
+        let dur = Duration::from_secs_f64(plan.noise_secs);
+        match envelopes::in_memory(dur, plan.noise_runs) {
+            Ok(v) => put(&mut out, "envelope_in_memory", v),
+            Err(e) => err(&mut out, "envelope_in_memory", &e),
+        }
+        interference(&mut out, "envelope_in_memory", probe);
+    }
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -615,7 +863,7 @@ fn main() -> std::process::ExitCode {
         if wants(&args, "rtt") {
             progress(args.json, "round trips");
             let probe = cpu::CpuProbe::start();
-            if let Err(e) = rtt_section(&plan, &mut out).await {
+            if let Err(e) = rtt_section(&plan, args.relay, &mut out).await {
                 err(&mut out, "rtt", &e);
             }
             interference(&mut out, "rtt", probe);
@@ -628,12 +876,48 @@ fn main() -> std::process::ExitCode {
             }
             interference(&mut out, "durable", probe);
         }
+        if wants(&args, "durable") && wants_relay(&args, "durable") {
+            progress(
+                args.json,
+                "durable delivery through a relay (two nodes, SQLite)",
+            );
+            let probe = cpu::CpuProbe::start();
+            if let Err(e) = relay_durable_section(&plan, &mut out).await {
+                err(&mut out, "relay_durable", &e);
+            }
+            interference(&mut out, "relay_durable", probe);
+        }
+        if wants_relay(&args, "envelope") {
+            progress(args.json, "sealed envelopes through the relay (store = 1)");
+            let probe = cpu::CpuProbe::start();
+            let mut m = Map::new();
+            for (size, count) in [
+                (envelopes::Size::Small, plan.envelopes_small),
+                (envelopes::Size::Full, plan.envelopes_full),
+            ] {
+                match envelopes::through_relay(size, count, false).await {
+                    Ok(v) => {
+                        m.insert(size.name().to_string(), v);
+                    }
+                    Err(e) => err(&mut out, &format!("envelope_relay_{}", size.name()), &e),
+                }
+                // the recipient subscribed all along: shown on request, as evidence
+                if args.only.iter().any(|s| s == "envelope:live") {
+                    let v = envelopes::through_relay(size, count, true)
+                        .await
+                        .unwrap_or_else(|e| json!({ "error": format!("{e:#}") }));
+                    m.insert(format!("{}_live_recipient", size.name()), v);
+                }
+            }
+            put(&mut out, "envelope_relay_store", Value::Object(m));
+            interference(&mut out, "envelope_relay", probe);
+        }
     });
     rt.shutdown_timeout(Duration::from_secs(5));
-    if args.relay {
-        let nodes = args
-            .relay_nodes
-            .unwrap_or(if args.quick { 1_000 } else { 10_000 });
+    let nodes = args
+        .relay_nodes
+        .unwrap_or(if args.quick { 1_000 } else { 10_000 });
+    if args.relay && nodes > 0 && wants(&args, "capacity") {
         progress(args.json, &format!("relay capacity ({nodes} idle nodes)"));
         let probe = cpu::CpuProbe::start();
         put(&mut out, "relay", relay::capacity(nodes));

@@ -188,3 +188,15 @@ pub fn bound(n: f64, r: f64) -> f64 {
     }
     2.0 * n / (2.0 * n + r)
 }
+
+/// The crypto-cost bound on relay-path/raw: `2N / (4N + R)`.
+///
+/// Through a relay a MiB crosses two QUIC hops on the same two cores (`4/R` core-seconds:
+/// each hop costs what a raw quinn MiB costs) plus the Noise encrypt and decrypt (`1/N`), so
+/// two cores move `2 / (4/R + 1/N)` MiB/s, which is `R · 2N / (4N + R)`.
+pub fn relay_bound(n: f64, r: f64) -> f64 {
+    if n <= 0.0 || r <= 0.0 {
+        return 0.0;
+    }
+    2.0 * n / (4.0 * n + r)
+}

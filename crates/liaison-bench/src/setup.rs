@@ -6,6 +6,7 @@
 use anyhow::{Context, Result, anyhow, bail};
 use liaison_hop::{ClientPins, HopKey, HopLimits, HopReader, HopWriter};
 use liaison_proto::handshake::Tai64N;
+use liaison_proto::inbox::InboxKeys;
 use liaison_proto::keys::{LocalKeys, NoiseSecret, PeerKeys, random_bytes};
 use liaison_proto::line::{Line, LineEvent, Received};
 use liaison_wire::consts::PROTOCOL_VERSION;
@@ -122,39 +123,40 @@ pub fn wall() -> Tai64N {
 
 /// Two `Line`s pinned to each other, with no session yet.
 pub fn line_pair() -> Result<(Line, Line)> {
+    let ((a, _), (b, _)) = line_pair_with_inboxes()?;
+    Ok((a, b))
+}
+
+/// Two `Line`s pinned to each other (no session yet), each with its relay inbox ids derived as
+/// nodes derive them (`liaison_proto::inbox::InboxKeys`: per pair, direction and day).
+pub fn line_pair_with_inboxes() -> Result<((Line, InboxKeys), (Line, InboxKeys))> {
     let a_noise = NoiseSecret::generate()?;
     let b_noise = NoiseSecret::generate()?;
     let a_id = random_bytes::<32>()?;
     let b_id = random_bytes::<32>()?;
-    let a_pub = a_noise.public();
-    let b_pub = b_noise.public();
-    let a = Line::new(
-        LocalKeys {
-            identity: a_id,
-            noise: a_noise,
-        },
-        PeerKeys {
-            identity: b_id,
-            noise: b_pub,
-            pairing: None,
-        },
-        Tai64N::default(),
-        Tai64N::default(),
-    );
-    let b = Line::new(
-        LocalKeys {
-            identity: b_id,
-            noise: b_noise,
-        },
-        PeerKeys {
-            identity: a_id,
-            noise: a_pub,
-            pairing: None,
-        },
-        Tai64N::default(),
-        Tai64N::default(),
-    );
-    Ok((a, b))
+    let a_local = LocalKeys {
+        identity: a_id,
+        noise: a_noise.clone(),
+    };
+    let b_local = LocalKeys {
+        identity: b_id,
+        noise: b_noise.clone(),
+    };
+    let a_peer = PeerKeys {
+        identity: b_id,
+        noise: b_noise.public(),
+        pairing: None,
+    };
+    let b_peer = PeerKeys {
+        identity: a_id,
+        noise: a_noise.public(),
+        pairing: None,
+    };
+    let a_inbox = InboxKeys::new(&a_local, &a_peer).context("inbox keys")?;
+    let b_inbox = InboxKeys::new(&b_local, &b_peer).context("inbox keys")?;
+    let a = Line::new(a_local, a_peer, Tai64N::default(), Tai64N::default());
+    let b = Line::new(b_local, b_peer, Tai64N::default(), Tai64N::default());
+    Ok(((a, a_inbox), (b, b_inbox)))
 }
 
 /// Appends every `Transmit` the line queued to `out` as BLOB hop frames; drops the rest.
