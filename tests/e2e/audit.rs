@@ -51,6 +51,58 @@ fn honest_logs_verify_and_agree_then_tampering_is_caught() {
         .filter(|e| e["event"] == "msg_sent")
         .count();
     assert_eq!(sent, 5, "one msg_sent per message");
+    // each call is offered, started and ended under one call id, in that order; the caller
+    // hangs up, and the listener hears its goodbye
+    for (node, direction, end) in [
+        (&alice, "outgoing", "normal"),
+        (&bob, "incoming", "peer_closed"),
+    ] {
+        let shown = json(&node.run(&["audit", "show", "--json"]));
+        let entries = shown.as_array().expect("entries");
+        let calls: Vec<&serde_json::Value> = entries
+            .iter()
+            .filter(|e| e["event"].as_str().is_some_and(|k| k.starts_with("call_")))
+            .collect();
+        let kinds: Vec<&str> = calls.iter().filter_map(|e| e["event"].as_str()).collect();
+        assert_eq!(
+            kinds,
+            [
+                "call_offered",
+                "call_started",
+                "call_ended",
+                "call_offered",
+                "call_started",
+                "call_ended"
+            ],
+            "{calls:?}"
+        );
+        for c in calls.chunks(3) {
+            assert!(c.iter().all(|e| e["call"] == c[0]["call"]), "{c:?}");
+            assert_eq!(c[0]["direction"], direction, "{c:?}");
+            assert_eq!(c[1]["direction"], direction, "{c:?}");
+        }
+        assert_ne!(calls[0]["call"], calls[3]["call"], "two calls, two ids");
+        assert!(
+            calls.iter().skip(2).step_by(3).all(|e| e["reason"] == end),
+            "{calls:?}"
+        );
+    }
+    // the receiver logs the hash of the ciphertext that carried each message
+    let shown = json(&bob.run(&["audit", "show", "--json"]));
+    let recv: Vec<&serde_json::Value> = shown
+        .as_array()
+        .expect("entries")
+        .iter()
+        .filter(|e| e["event"] == "msg_recv")
+        .collect();
+    assert_eq!(recv.len(), 5);
+    let zero = "0".repeat(64);
+    assert!(
+        recv.iter().all(|e| e["ciphertext_hash"]
+            .as_str()
+            .is_some_and(|h| h.len() == 64 && h != zero)),
+        "{recv:?}"
+    );
     assert!(
         shown
             .as_array()

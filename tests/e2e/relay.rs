@@ -67,6 +67,32 @@ fn messages_through_the_relay_both_ways() {
     assert_eq!(relay.queued().0, 0);
     assert_eq!(la.terminate(), Some(0));
     assert_eq!(lb.terminate(), Some(0));
+
+    // both logs record the relay connection and its loss, and bob's log holds alice's calls,
+    // each ended by her goodbye, which crossed the relay
+    for n in [&alice, &bob] {
+        let shown = json(&n.run(&["audit", "show", "--json"]));
+        let entries = shown.as_array().expect("entries");
+        let relay_kinds: Vec<&str> = entries
+            .iter()
+            .filter(|e| e["event"] == "relay_event")
+            .filter_map(|e| e["kind"].as_str())
+            .collect();
+        assert!(relay_kinds.contains(&"connected"), "{relay_kinds:?}");
+        assert!(relay_kinds.contains(&"disconnected"), "{relay_kinds:?}");
+    }
+    let shown = json(&bob.run(&["audit", "show", "--json"]));
+    let ends: Vec<&str> = shown
+        .as_array()
+        .expect("entries")
+        .iter()
+        .filter(|e| e["event"] == "call_ended")
+        .filter_map(|e| e["reason"].as_str())
+        .collect();
+    assert!(
+        ends.iter().filter(|r| **r == "peer_closed").count() >= 2,
+        "{ends:?}"
+    );
 }
 
 #[test]
@@ -188,6 +214,21 @@ fn relay_killed_mid_call_loses_and_doubles_nothing() {
         relay.terminate(),
         Some(0),
         "the restarted relay drains and exits 0"
+    );
+    // a relay that goes and comes back within a minute does not grow the log: bob's log
+    // records his first connection and one loss, not every reconnection
+    let shown = json(&bob.run(&["audit", "show", "--json"]));
+    let relay_kinds: Vec<&str> = shown
+        .as_array()
+        .expect("entries")
+        .iter()
+        .filter(|e| e["event"] == "relay_event" && e["kind"] != "envelope_received")
+        .filter_map(|e| e["kind"].as_str())
+        .collect();
+    assert_eq!(
+        relay_kinds,
+        ["connected", "disconnected"],
+        "{relay_kinds:?}"
     );
 }
 

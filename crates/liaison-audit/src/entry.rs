@@ -250,6 +250,7 @@ pub enum Event {
         seq: u64,
     },
     /// This node received the peer's message `seq` (logged before it is acknowledged).
+    #[serde(rename = "msg_recv")]
     MsgReceived {
         /// The peer's send sequence.
         seq: u64,

@@ -397,6 +397,26 @@ impl HopWriter {
         Ok(())
     }
 
+    /// Writes every frame still queued in `queue` (without waiting for more), finishes the
+    /// stream and waits up to `grace` for the peer to acknowledge all of it. For a clean
+    /// shutdown: closing the connection at once would discard data not yet acknowledged.
+    pub async fn drain_and_finish(
+        &mut self,
+        queue: &mut tokio::sync::mpsc::Receiver<Vec<u8>>,
+        grace: std::time::Duration,
+    ) {
+        let drain = async {
+            while let Ok(frame) = queue.try_recv() {
+                if self.send.write_all(&frame).await.is_err() {
+                    return;
+                }
+            }
+            let _ = self.send.finish();
+            let _ = self.send.stopped().await;
+        };
+        let _ = tokio::time::timeout(grace, drain).await;
+    }
+
     /// Finishes the stream (no more frames).
     pub fn finish(&mut self) {
         let _ = self.send.finish();

@@ -37,7 +37,7 @@ use liaison_proto::line::{Line, LineEvent, Received};
 use liaison_proto::mailbox_ring::{PeerKeyOutcome, PeerMailboxKeys};
 use liaison_wire::card::{Card, MailboxKeyPub};
 use liaison_wire::consts::{
-    BLOB_ENVELOPE, ENVELOPE_ID_LEN, FRAME_MBOX_KEY, MAX_HS_RESP_PAYLOAD, REKEY_TIMEOUT,
+    BLOB_DATA, BLOB_ENVELOPE, ENVELOPE_ID_LEN, FRAME_MBOX_KEY, MAX_HS_RESP_PAYLOAD, REKEY_TIMEOUT,
 };
 use liaison_wire::frame::{
     Frame, FrameWriter, Frames, MSG_KIND_FILE, MessageContent, fragment, fragment_count,
@@ -133,6 +133,9 @@ pub enum LineInput {
     AuditOut(Vec<Vec<u8>>),
     /// Report status.
     Status(oneshot::Sender<LineStatus>),
+    /// The node is stopping: tell the peer (`CLOSE(bye)` on the live session), detach every
+    /// hop, and answer once the goodbye is queued.
+    Bye(oneshot::Sender<()>),
 }
 
 struct HopLink {
@@ -144,6 +147,10 @@ struct HopLink {
 const DIAL_BACKOFF_MIN: Duration = Duration::from_secs(1);
 const DIAL_BACKOFF_MAX: Duration = Duration::from_secs(60);
 const ANOMALY_LOG_EVERY: Duration = Duration::from_secs(60);
+/// Least time between two logged connections to one relay.
+const RELAY_EVENT_EVERY: Duration = Duration::from_secs(60);
+/// How long a goodbye may wait for room on a busy hop.
+const BYE_GRACE: Duration = Duration::from_millis(200);
 const REGISTER_EVERY: Duration = Duration::from_secs(3600);
 const MAX_BATCH: usize = 256;
 const MAX_ENVELOPES_PER_ROUND: usize = 64;
@@ -188,6 +195,14 @@ pub(crate) struct LineTask {
     audit_out: std::collections::VecDeque<Vec<u8>>,
     call: u64,
     session_initiated: bool,
+    /// A `call_offered` is logged for the current attempt (reset when its call ends).
+    offer_logged: bool,
+    /// Why the current call is ending, when known before the session goes.
+    end_reason: Option<CallEndReason>,
+    /// The node is stopping and the peer was told: send nothing more.
+    said_bye: bool,
+    /// Per relay: whether its current connection was logged, and when the last was.
+    relay_logged: HashMap<[u8; 32], (bool, Instant)>,
 }
 
 /// Most audit messages waiting to be sent; older ones are dropped (offers are repeated).
@@ -330,6 +345,10 @@ impl LineTask {
             audit_out: std::collections::VecDeque::new(),
             call: 0,
             session_initiated: false,
+            offer_logged: false,
+            end_reason: None,
+            said_bye: false,
+            relay_logged: HashMap::new(),
         })
     }
 
@@ -393,12 +412,14 @@ impl LineTask {
         for rc in self.node.relays_for(stored_relay.as_deref()) {
             self.register(rc).await;
         }
+        let mut failed = false;
         loop {
             let now = Instant::now();
             if self.should_dial() && self.next_dial.is_none_or(|t| t <= now) {
                 self.start_dial();
             }
             if !self.hops.is_empty()
+                && !self.said_bye
                 && self.sender.has_pending()
                 && !self.line.is_ready(now)
                 && !self.line.is_handshaking()
@@ -406,6 +427,7 @@ impl LineTask {
                 self.line.connect(now, wall());
             }
             if self.process_events().await.is_err() {
+                failed = true;
                 break;
             }
             let deadline = self.next_deadline();
@@ -430,6 +452,7 @@ impl LineTask {
                 input = self.rx.recv() => {
                     let Some(input) = input else { break };
                     if self.handle_inputs(input).await.is_err() {
+                        failed = true;
                         break;
                     }
                 }
@@ -442,7 +465,7 @@ impl LineTask {
                         }
                         (_, Some((_, _, id))) => {
                             // the hop writer is gone
-                            self.hops.retain(|h| h.id != id);
+                            self.hop_gone(id);
                             tracing::debug!(contact = %self.name, "hop {id} closed");
                         }
                         _ => {}
@@ -476,10 +499,99 @@ impl LineTask {
                 }
             }
             if self.process_events().await.is_err() {
+                failed = true;
                 break;
             }
         }
+        // the node is stopping (its audit log is flushed after every line task ends)
+        let reason = if failed {
+            CallEndReason::Error
+        } else if self.was_ready {
+            CallEndReason::Normal
+        } else {
+            CallEndReason::Cancelled
+        };
+        self.end_call(reason);
         tracing::debug!(contact = %self.name, "line task stopped");
+    }
+
+    /// Logs `call_offered` for a new call attempt, once per attempt: retried handshakes and
+    /// the peer's repeated message 1s belong to the same offer.
+    fn log_offer(&mut self, direction: CallDirection) {
+        if self.offer_logged {
+            return;
+        }
+        self.offer_logged = true;
+        self.call = (self.call + 1).max(crate::node::unix_ms());
+        self.node.inner.audit.append(
+            &self.name,
+            AuditEvent::CallOffered {
+                call: self.call,
+                direction,
+            },
+        );
+    }
+
+    /// Logs `call_ended` for the current call (started, or offered and never answered).
+    fn end_call(&mut self, reason: CallEndReason) {
+        if !self.offer_logged {
+            return;
+        }
+        self.offer_logged = false;
+        self.node.inner.audit.append(
+            &self.name,
+            AuditEvent::CallEnded {
+                call: self.call,
+                reason,
+            },
+        );
+    }
+
+    /// Logs a relay connection coming up. A relay that keeps dropping and taking back the
+    /// connection must not grow the log without bound: a reconnection within
+    /// [`RELAY_EVENT_EVERY`] of the last logged one is not logged (nor is its loss).
+    fn relay_up(&mut self, relay: [u8; 32], now: Instant) {
+        let log = match self.relay_logged.get(&relay) {
+            Some(&(up, at)) => !up && now.duration_since(at) >= RELAY_EVENT_EVERY,
+            None => true,
+        };
+        if log {
+            self.relay_logged.insert(relay, (true, now));
+            self.node.inner.audit.append(
+                &self.name,
+                AuditEvent::RelayEvent {
+                    kind: RelayEventKind::Connected,
+                    relay,
+                },
+            );
+        }
+    }
+
+    /// A hop is gone: forget it, and log the loss of a relay whose connection was logged.
+    fn hop_gone(&mut self, hop: u64) {
+        let Some(pos) = self.hops.iter().position(|h| h.id == hop) else {
+            return;
+        };
+        let gone = self.hops.remove(pos);
+        if let HopKind::Relay { relay, .. } = gone.kind {
+            let still_there = self
+                .hops
+                .iter()
+                .any(|h| matches!(h.kind, HopKind::Relay { relay: r, .. } if r == relay));
+            if !still_there
+                && let Some(entry) = self.relay_logged.get_mut(&relay)
+                && entry.0
+            {
+                entry.0 = false;
+                self.node.inner.audit.append(
+                    &self.name,
+                    AuditEvent::RelayEvent {
+                        kind: RelayEventKind::Disconnected,
+                        relay,
+                    },
+                );
+            }
+        }
     }
 
     /// The relay hop's relay id, for audit events.
@@ -622,7 +734,7 @@ impl LineTask {
                 if self.line.handle_blob(now, &data, &mut pt) == Received::Plaintext {
                     self.touch(now);
                     self.peer_away = false;
-                    self.on_plaintext(now, Some(hop), &pt, b);
+                    self.on_plaintext(now, Some(hop), &data, &pt, b);
                 }
                 self.pt = pt;
             }
@@ -642,7 +754,7 @@ impl LineTask {
                     if self.line.handle_blob(now, &blob, &mut pt) == Received::Plaintext {
                         self.touch(now);
                         self.peer_away = false;
-                        self.on_plaintext(now, None, &pt, b);
+                        self.on_plaintext(now, None, &blob, &pt, b);
                     }
                     self.pt = pt;
                 }
@@ -691,6 +803,7 @@ impl LineTask {
                     self.mark_queued(seqs).await?;
                 }
             }
+            LineInput::HopUp { .. } if self.said_bye => {}
             LineInput::HopUp { hop, tx, kind } => {
                 tracing::debug!(contact = %self.name, "hop {hop} attached ({kind:?})");
                 if let Some(h) = self.hops.iter_mut().find(|h| h.id == hop) {
@@ -699,9 +812,12 @@ impl LineTask {
                 } else {
                     self.hops.push(HopLink { id: hop, tx, kind });
                 }
-                if kind == HopKind::Direct {
-                    self.backoff = DIAL_BACKOFF_MIN;
-                    self.next_dial = None;
+                match kind {
+                    HopKind::Direct => {
+                        self.backoff = DIAL_BACKOFF_MIN;
+                        self.next_dial = None;
+                    }
+                    HopKind::Relay { relay, .. } => self.relay_up(relay, now),
                 }
                 if self.want_dial || self.sender.unacked_count() > 0 {
                     // a new hop may mean the peer restarted and lost its sessions: confirm
@@ -713,7 +829,7 @@ impl LineTask {
                 }
             }
             LineInput::HopDown { hop } => {
-                self.hops.retain(|h| h.id != hop);
+                self.hop_gone(hop);
                 tracing::debug!(contact = %self.name, "hop {hop} detached");
             }
             LineInput::Submitted { seq, encoded } => {
@@ -765,6 +881,10 @@ impl LineTask {
                     self.audit_out.push_back(m);
                 }
             }
+            LineInput::Bye(done) => {
+                self.say_bye(now).await;
+                let _ = done.send(());
+            }
             LineInput::Status(reply) => {
                 let _ = reply.send(LineStatus {
                     up: self.line.is_ready(now),
@@ -776,6 +896,38 @@ impl LineTask {
             }
         }
         Ok(())
+    }
+
+    /// Ends the call from this side: `CLOSE(bye)` on the live session, so the peer drops it at
+    /// once instead of sending into a session whose keys are about to be wiped; then every
+    /// hop is detached so nothing follows it.
+    async fn say_bye(&mut self, now: Instant) {
+        if self.said_bye {
+            return;
+        }
+        self.said_bye = true;
+        self.line.stand_down();
+        if self.line.is_ready(now)
+            && let Some((tx, kind)) = self.send_hop().map(|h| (h.tx.clone(), h.kind))
+        {
+            let mut w = FrameWriter::default();
+            w.raw(
+                liaison_wire::consts::FRAME_CLOSE,
+                &[liaison_wire::frame::close_reason::BYE],
+            );
+            let pt = w.finish();
+            let mut frame = Vec::new();
+            frame_prefix(kind, false, &mut frame);
+            if self.line.seal(now, wall(), &pt, false, &mut frame).is_ok() {
+                patch_len(&mut frame);
+                // a hop too busy to take it within the grace is left to time out
+                let _ = tokio::time::timeout(BYE_GRACE, tx.send(frame)).await;
+            }
+        }
+        let ids: Vec<u64> = self.hops.iter().map(|h| h.id).collect();
+        for id in ids {
+            self.hop_gone(id);
+        }
     }
 
     fn touch(&mut self, now: Instant) {
@@ -820,7 +972,7 @@ impl LineTask {
                         },
                     );
                 }
-                self.on_plaintext(now, None, env.frames(), b);
+                self.on_plaintext(now, None, blob, env.frames(), b);
             }
             Err(e) => {
                 tracing::warn!(contact = %self.name, "envelope refused: {e}");
@@ -833,7 +985,17 @@ impl LineTask {
         }
     }
 
-    fn on_plaintext(&mut self, now: Instant, hop: Option<u64>, pt: &[u8], b: &mut Batch) {
+    /// Handles the frames of one authenticated plaintext; `ct` is the blob that carried it
+    /// (its hash is logged with each message it completes).
+    fn on_plaintext(
+        &mut self,
+        now: Instant,
+        hop: Option<u64>,
+        ct: &[u8],
+        pt: &[u8],
+        b: &mut Batch,
+    ) {
+        let mut ct_hash: Option<[u8; 32]> = None;
         for frame in Frames::new(pt) {
             let frame = match frame {
                 Ok(f) => f,
@@ -861,7 +1023,17 @@ impl LineTask {
                     {
                         Ok(FragmentOutcome::Complete { seq, encoded }) => {
                             match MessageContent::decode(&encoded) {
-                                Ok(c) => b.to_store.push((seq, c, encoded)),
+                                Ok(c) => {
+                                    let h = *ct_hash.get_or_insert_with(|| {
+                                        liaison_audit::entry::ciphertext_hash(ct)
+                                    });
+                                    b.to_store.push(Complete {
+                                        seq,
+                                        content: c,
+                                        encoded,
+                                        ct_hash: h,
+                                    })
+                                }
                                 Err(e) => {
                                     tracing::warn!(contact = %self.name, seq, "undecodable message: {e}");
                                     self.receiver.abandon(seq);
@@ -893,6 +1065,19 @@ impl LineTask {
                 },
                 Frame::Close { reason } => {
                     tracing::info!(contact = %self.name, "peer closed the session (reason {reason})");
+                    // only a live session's goodbye ends it (an envelope has no session)
+                    let idx = match ct {
+                        [BLOB_DATA, a, b, c, d, ..] => Some(u32::from_le_bytes([*a, *b, *c, *d])),
+                        _ => None,
+                    };
+                    if reason == liaison_wire::frame::close_reason::BYE
+                        && let Some(idx) = idx
+                        && self.line.peer_closed(now, idx)
+                    {
+                        // the next message starts a fresh handshake (and finds the peer
+                        // away, or back)
+                        self.end_reason = Some(CallEndReason::PeerClosed);
+                    }
                 }
                 Frame::Audit(bytes) => self.node.inner.audit.message(&self.name, bytes),
                 Frame::Card(_) => {
@@ -1154,19 +1339,16 @@ impl LineTask {
         Ok(())
     }
 
-    async fn store_received(
-        &mut self,
-        items: Vec<(u64, MessageContent, Vec<u8>)>,
-    ) -> Result<(), NodeError> {
-        let seqs: Vec<u64> = items.iter().map(|(s, _, _)| *s).collect();
+    async fn store_received(&mut self, items: Vec<Complete>) -> Result<(), NodeError> {
+        let seqs: Vec<u64> = items.iter().map(|m| m.seq).collect();
         // the commitments are durable in the audit log before the messages are stored and acked
-        for (seq, c, _) in &items {
+        for m in &items {
             self.node.inner.audit.append(
                 &self.name,
                 AuditEvent::MsgReceived {
-                    seq: *seq,
-                    commitment: liaison_audit::commitment(&c.salt, &c.body),
-                    ciphertext_hash: [0; 32],
+                    seq: m.seq,
+                    commitment: liaison_audit::commitment(&m.content.salt, &m.content.body),
+                    ciphertext_hash: m.ct_hash,
                 },
             );
         }
@@ -1176,7 +1358,13 @@ impl LineTask {
         let new_upto = self.receiver.delivered_upto_with(&seqs);
         let mut rows = Vec::with_capacity(items.len());
         let mut contents: HashMap<u64, MessageContent> = HashMap::with_capacity(items.len());
-        for (seq, c, plain) in items {
+        for Complete {
+            seq,
+            content: c,
+            encoded: plain,
+            ..
+        } in items
+        {
             let aad = atrest::body_aad(&self.name, Direction::Received, seq);
             // the reassembled bytes are the encoding just decoded: seal them as they are
             let body = atrest::seal_body(self.node.data_key(), &aad, &plain)?;
@@ -1253,6 +1441,9 @@ impl LineTask {
             match ev {
                 LineEvent::PersistSentTs(ts) => {
                     self.session_initiated = true;
+                    if !self.was_ready {
+                        self.log_offer(CallDirection::Outgoing);
+                    }
                     let name = self.name.clone();
                     self.node
                         .db()
@@ -1261,6 +1452,9 @@ impl LineTask {
                 }
                 LineEvent::PersistAcceptedTs(ts) => {
                     self.session_initiated = false;
+                    if !self.was_ready {
+                        self.log_offer(CallDirection::Incoming);
+                    }
                     let name = self.name.clone();
                     self.node
                         .db()
@@ -1297,12 +1491,14 @@ impl LineTask {
         }
         let ready = self.line.is_ready(Instant::now());
         if ready && !self.was_ready {
-            self.call = self.call.max(crate::node::unix_ms());
             let direction = if self.session_initiated {
                 CallDirection::Outgoing
             } else {
                 CallDirection::Incoming
             };
+            // every started call was offered (a session can also come back on a rekey
+            // handshake begun while the previous one was still usable)
+            self.log_offer(direction);
             self.node.inner.audit.append(
                 &self.name,
                 AuditEvent::CallStarted {
@@ -1315,13 +1511,8 @@ impl LineTask {
                 contact: self.name.clone(),
             });
         } else if !ready && self.was_ready {
-            self.node.inner.audit.append(
-                &self.name,
-                AuditEvent::CallEnded {
-                    call: self.call,
-                    reason: CallEndReason::Timeout,
-                },
-            );
+            let reason = self.end_reason.take().unwrap_or(CallEndReason::Timeout);
+            self.end_call(reason);
         }
         self.was_ready = ready;
         Ok(())
@@ -1376,9 +1567,19 @@ impl LineTask {
     }
 }
 
+/// A message whose last fragment arrived, waiting to be logged, stored and acknowledged.
+struct Complete {
+    seq: u64,
+    content: MessageContent,
+    /// Its encoding (what is sealed at rest).
+    encoded: Vec<u8>,
+    /// SHA-256 of the blob (DATA or envelope) that carried its last fragment.
+    ct_hash: [u8; 32],
+}
+
 #[derive(Default)]
 struct Batch {
-    to_store: Vec<(u64, MessageContent, Vec<u8>)>,
+    to_store: Vec<Complete>,
     acked_upto: Option<u64>,
     peer_mbox: Option<MailboxKeyPub>,
     relay_acks: Vec<(u64, [u8; ENVELOPE_ID_LEN])>,

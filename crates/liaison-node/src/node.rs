@@ -753,29 +753,44 @@ impl Node {
         let id = self.next_hop_id();
         let (wtx, mut wrx) = mpsc::channel::<Vec<u8>>(64);
         let token = self.inner.shutdown.clone();
+        let (written_tx, written) = oneshot::channel::<()>();
         self.inner.tracker.spawn(async move {
             loop {
                 tokio::select! {
-                    _ = token.cancelled() => break,
+                    _ = token.cancelled() => {
+                        // at shutdown, what is queued (the goodbye) still goes out and is
+                        // acknowledged before the connection closes
+                        writer.drain_and_finish(&mut wrx, CLOSE_GRACE).await;
+                        break;
+                    }
                     f = wrx.recv() => match f {
                         Some(frame) => {
                             if let Err(e) = writer.send_encoded(&frame).await {
                                 tracing::debug!("hop {id} write failed: {e}");
+                                writer.finish();
                                 break;
                             }
                         }
-                        None => break,
+                        None => {
+                            // the line let the hop go: end the stream cleanly, and keep the
+                            // connection until the peer has it all (a shutdown waits for this)
+                            writer.drain_and_finish(&mut wrx, CLOSE_GRACE).await;
+                            break;
+                        }
                     }
                 }
             }
-            writer.finish();
+            let _ = written_tx.send(());
         });
         let token = self.inner.shutdown.clone();
         let line2 = line.clone();
         self.inner.tracker.spawn(async move {
             let reason = loop {
                 let next = tokio::select! {
-                    _ = token.cancelled() => break close_code::SHUTDOWN,
+                    _ = token.cancelled() => {
+                        let _ = tokio::time::timeout(CLOSE_GRACE, written).await;
+                        break close_code::SHUTDOWN;
+                    }
                     n = reader.next() => n,
                 };
                 match next {
@@ -876,6 +891,27 @@ impl Node {
     /// Stops everything: no new work, tasks drained, QUIC closed. Nothing acknowledged is
     /// lost because acks follow commits.
     pub async fn shutdown(&self) {
+        // first the goodbyes: each live session's peer hears CLOSE(bye) before the hops go
+        let lines: Vec<mpsc::Sender<LineInput>> = self
+            .inner
+            .lines
+            .lock()
+            .map(|l| l.values().cloned().collect())
+            .unwrap_or_default();
+        let byes = async {
+            let mut waits = Vec::with_capacity(lines.len());
+            for tx in lines {
+                let (done, wait) = oneshot::channel();
+                if tx.send(LineInput::Bye(done)).await.is_ok() {
+                    waits.push(wait);
+                }
+            }
+            // the line tasks say goodbye concurrently; wait for all of them
+            for w in waits {
+                let _ = w.await;
+            }
+        };
+        let _ = tokio::time::timeout(CLOSE_GRACE * 2, byes).await;
         self.inner.shutdown.cancel();
         self.inner.tracker.close();
         let _ = tokio::time::timeout(Duration::from_secs(5), self.inner.tracker.wait()).await;
@@ -904,6 +940,10 @@ impl Node {
 
 /// File name of the audit store, beside the message store.
 pub const AUDIT_DB: &str = "audit.db";
+
+/// How long shutdown waits for goodbyes to be queued, and then for a hop's queued frames to
+/// be acknowledged by the peer, before closing the connection anyway.
+pub(crate) const CLOSE_GRACE: Duration = Duration::from_millis(500);
 
 const MAILBOX_RING_KEY: &str = "mailbox_ring";
 const MAILBOX_RING_AAD: &[u8] = b"liaison/1 mailbox-ring";

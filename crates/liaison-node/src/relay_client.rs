@@ -232,10 +232,14 @@ async fn run(
         let (wtx, mut wrx) = mpsc::channel::<Vec<u8>>(256);
         let wroutes = routes.clone();
         let wtoken = token.clone();
-        let writer_task = node.inner.tracker.spawn(async move {
+        let mut writer_task = node.inner.tracker.spawn(async move {
             loop {
                 let frame = tokio::select! {
-                    _ = wtoken.cancelled() => break,
+                    _ = wtoken.cancelled() => {
+                        // the lines' goodbyes still reach the relay before the connection closes
+                        writer.drain_and_finish(&mut wrx, crate::node::CLOSE_GRACE).await;
+                        break;
+                    }
                     f = wrx.recv() => match f { Some(f) => f, None => break },
                 };
                 remember_post(&wroutes, &frame);
@@ -271,6 +275,7 @@ async fn run(
         loop {
             tokio::select! {
                 _ = token.cancelled() => {
+                    let _ = tokio::time::timeout(crate::node::CLOSE_GRACE, &mut writer_task).await;
                     conn.close(quinn::VarInt::from_u32(crate::node::close_code::SHUTDOWN), b"");
                     return;
                 }

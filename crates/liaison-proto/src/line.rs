@@ -213,6 +213,24 @@ impl Line {
         }
     }
 
+    /// The peer ended the session whose local index is `receiver_idx` (an authenticated
+    /// `CLOSE(bye)` arrived on it): the peer has wiped its keys, so drop that session and every
+    /// older one. A newer session (a later call of the peer's) is kept, so a delayed `CLOSE`
+    /// cannot end it. Returns true if no usable session remains.
+    pub fn peer_closed(&mut self, now: Instant, receiver_idx: u32) -> bool {
+        if let Some(pos) = self
+            .sessions
+            .iter()
+            .position(|s| s.local_idx() == receiver_idx)
+        {
+            self.sessions.truncate(pos);
+        }
+        if self.sessions.is_empty() {
+            self.awaiting_reply_since = None;
+        }
+        !self.is_ready(now)
+    }
+
     /// Nothing more to send: stop retrying handshakes once the current one ends.
     pub fn stand_down(&mut self) {
         self.want = false;

@@ -555,3 +555,73 @@ fn pairing_secret_mismatch_fails_the_handshake() {
     assert!(nodes[1].delivered.is_empty());
     assert!(nodes[0].anomalies.contains(&Anomaly::BadHandshake));
 }
+
+fn close_blob(n: &mut Node, now: Instant, wall: Tai64N) -> Vec<u8> {
+    let mut w = FrameWriter::default();
+    assert!(w.raw(FRAME_CLOSE, &[0]));
+    let mut blob = Vec::new();
+    n.line
+        .seal(now, wall, &w.finish(), false, &mut blob)
+        .unwrap();
+    blob
+}
+
+fn close_of(n: &mut Node, now: Instant, blob: &[u8]) -> Option<u32> {
+    let mut pt = Vec::new();
+    if n.line.handle_blob(now, blob, &mut pt) != Received::Plaintext {
+        return None;
+    }
+    let closes = Frames::new(&pt)
+        .filter(|f| matches!(f, Ok(Frame::Close { reason: 0 })))
+        .count();
+    assert_eq!(closes, 1);
+    Some(u32::from_le_bytes(blob[1..5].try_into().unwrap()))
+}
+
+#[test]
+fn peer_close_ends_its_session_but_never_a_newer_one() {
+    let start = Instant::now();
+    let mut nodes = pair(None);
+    let mut net = Net::new(17, 0, 0, 0, 0);
+    let first = push_msgs(&mut nodes[0], 3, 100, 1);
+    let t = run(&mut nodes, &mut net, start, Duration::from_secs(10));
+    assert_exactly_once(&nodes[1], &first);
+    assert!(nodes[1].line.is_ready(t));
+
+    // node 0 says bye on the first session, but the blob is held back (a relay may delay it)
+    let old_bye = close_blob(&mut nodes[0], t, wall_of(start, t));
+    // node 0 comes back with a fresh session (a new call) and sends on it
+    nodes[0].line.rehandshake(t, wall_of(start, t));
+    nodes[0].events();
+    for b in nodes[0].out.drain(..) {
+        net.send(t, 1, b);
+    }
+    let mut sent = first.clone();
+    for i in 0..3u64 {
+        let body = vec![i as u8; 50];
+        nodes[0].sender.push(4 + i, Arc::from(body.clone()));
+        sent.push(body);
+    }
+    let t = run(&mut nodes, &mut net, t, Duration::from_secs(10));
+    assert_exactly_once(&nodes[1], &sent);
+    let newer = nodes[1].line.current_handshake_hash(t).unwrap();
+
+    // the delayed bye ends the old session only: the newer one keeps working
+    let idx = close_of(&mut nodes[1], t, &old_bye).expect("authentic close");
+    assert!(
+        !nodes[1].line.peer_closed(t, idx),
+        "the newer session stays"
+    );
+    assert_eq!(nodes[1].line.current_handshake_hash(t), Some(newer));
+
+    // a bye on the current session ends it
+    let bye = close_blob(&mut nodes[0], t, wall_of(start, t));
+    let idx = close_of(&mut nodes[1], t, &bye).expect("authentic close");
+    assert!(nodes[1].line.peer_closed(t, idx), "no session left");
+    assert!(!nodes[1].line.is_ready(t));
+    assert_eq!(nodes[1].line.session_count(), 0);
+
+    // an unknown index closes nothing
+    assert!(nodes[0].line.is_ready(t));
+    assert!(!nodes[0].line.peer_closed(t, 0xdead_beef));
+}
