@@ -561,6 +561,23 @@ impl RelayProc {
         }
     }
 
+    /// Waits until the relay holds exactly `n` subscriptions: those of processes that just
+    /// exited are gone (their connections close asynchronously at the relay).
+    pub fn wait_subscriptions_exactly(&self, n: u64) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let have = self.metric("liaison_relay_subscriptions").unwrap_or(0);
+            if have == n {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the relay holds {have} subscriptions, wanted exactly {n}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// Envelopes held in the queue now, and their blob bytes (read-only look at SQLite).
     pub fn queued(&self) -> (u64, u64) {
         let path = self.store.join("queue.sqlite3");
