@@ -4,7 +4,7 @@
 use crate::ctx::{Ctx, human_time, print_json};
 use crate::exit::{CmdResult, Code, Context, Failure, runtime, usage};
 use clap::{Args, Subcommand};
-use liaison_node::atrest::Direction;
+use liaison_node::atrest::{DataKey, Direction};
 use liaison_node::node::{open_content, unix_now};
 use liaison_node::store;
 use liaison_wire::frame::{MSG_KIND_FILE, MessageContent};
@@ -56,6 +56,17 @@ fn parse_id(id: &str) -> Result<(String, u64), Failure> {
         .parse::<u64>()
         .map_err(|_| usage(format!("{id} is not a message id (CONTACT:SEQ)")))?;
     Ok((c.to_string(), seq))
+}
+
+/// Opens a stored message body, sealed at rest under the home's data key.
+fn open_stored(
+    key: &DataKey,
+    contact: &str,
+    dir: Direction,
+    seq: u64,
+    sealed: &[u8],
+) -> Result<MessageContent, Failure> {
+    open_content(key, contact, dir, seq, sealed).ctx("opening a stored message")
 }
 
 fn body_json(c: &MessageContent) -> serde_json::Value {
@@ -145,14 +156,13 @@ pub fn inbox(ctx: &Ctx, a: InboxArgs) -> CmdResult {
     let rows: Vec<_> = keyed.into_iter().map(|(_, r)| r).collect();
     let mut items = Vec::new();
     for r in rows {
-        let c = open_content(
+        let c = open_stored(
             &secrets.data_key,
             &r.contact,
             Direction::Received,
             r.seq,
             &r.body,
-        )
-        .ctx("opening a stored message")?;
+        )?;
         items.push((r, c));
     }
     if ctx.json {
@@ -205,14 +215,13 @@ pub fn history(ctx: &Ctx, a: HistoryArgs) -> CmdResult {
     }
     let mut items = Vec::new();
     for r in store::outbox_list(&conn, Some(&a.name), false).ctx("reading the outbox")? {
-        let c = open_content(
+        let c = open_stored(
             &secrets.data_key,
             &r.contact,
             Direction::Sent,
             r.seq,
             &r.body,
-        )
-        .ctx("opening a stored message")?;
+        )?;
         items.push(Item {
             at: r.created,
             dir: "sent",
@@ -222,14 +231,13 @@ pub fn history(ctx: &Ctx, a: HistoryArgs) -> CmdResult {
         });
     }
     for r in store::inbox_list(&conn, Some(&a.name), 0).ctx("reading the inbox")? {
-        let c = open_content(
+        let c = open_stored(
             &secrets.data_key,
             &r.contact,
             Direction::Received,
             r.seq,
             &r.body,
-        )
-        .ctx("opening a stored message")?;
+        )?;
         items.push(Item {
             at: r.received,
             dir: "received",
@@ -297,14 +305,13 @@ pub fn outbox(ctx: &Ctx, a: OutboxArgs) -> CmdResult {
     let rows = store::outbox_list(&conn, None, true).ctx("reading the outbox")?;
     let mut v = Vec::new();
     for r in rows {
-        let c = open_content(
+        let c = open_stored(
             &secrets.data_key,
             &r.contact,
             Direction::Sent,
             r.seq,
             &r.body,
-        )
-        .ctx("opening a stored message")?;
+        )?;
         v.push((r, c));
     }
     if ctx.json {

@@ -90,7 +90,14 @@ impl Node {
 
     /// Starts `listen --json` on `bind`.
     pub fn listen(&self, bind: &str) -> Listener {
-        let mut c = self.cmd(&["listen", "--bind", bind, "--json"]);
+        let (mut l, first) = self.start_listener(&["listen", "--bind", bind, "--json"]);
+        l.addr = first["addr"].as_str().expect("addr").to_string();
+        l
+    }
+
+    /// Spawns a `listen … --json` and waits for its `listening` event, returned beside it.
+    fn start_listener(&self, args: &[&str]) -> (Listener, serde_json::Value) {
+        let mut c = self.cmd(args);
         c.stdout(Stdio::piped())
             .stderr(Stdio::null())
             .stdin(Stdio::null());
@@ -115,8 +122,7 @@ impl Node {
             .next_json(Duration::from_secs(60))
             .expect("listen did not start");
         assert_eq!(first["event"], "listening", "{first}");
-        l.addr = first["addr"].as_str().expect("addr").to_string();
-        l
+        (l, first)
     }
 
     /// Starts a long-running command with a writable stdin (e.g. `call`).
@@ -547,32 +553,25 @@ impl RelayProc {
     /// Waits (bounded) until the relay holds at least `n` inbox subscriptions: a node's
     /// `listen --relay` prints `listening` before its relay connection is up.
     pub fn wait_subscriptions(&self, n: u64) {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let have = self.metric("liaison_relay_subscriptions").unwrap_or(0);
-            if have >= n {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the relay holds {have} subscriptions, wanted {n}"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        self.wait_subscriptions_for(|have| have >= n, &format!("at least {n}"));
     }
 
     /// Waits until the relay holds exactly `n` subscriptions: those of processes that just
     /// exited are gone (their connections close asynchronously at the relay).
     pub fn wait_subscriptions_exactly(&self, n: u64) {
+        self.wait_subscriptions_for(|have| have == n, &format!("exactly {n}"));
+    }
+
+    fn wait_subscriptions_for(&self, done: impl Fn(u64) -> bool, wanted: &str) {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let have = self.metric("liaison_relay_subscriptions").unwrap_or(0);
-            if have == n {
+            if done(have) {
                 return;
             }
             assert!(
                 Instant::now() < deadline,
-                "the relay holds {have} subscriptions, wanted exactly {n}"
+                "the relay holds {have} subscriptions, wanted {wanted}"
             );
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -634,32 +633,7 @@ impl Node {
         for r in relays {
             args.extend(["--relay", r]);
         }
-        let mut c = self.cmd(&args);
-        c.stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .stdin(Stdio::null());
-        let mut child = c.spawn().expect("spawn listen");
-        let (tx, rx) = mpsc::channel();
-        let stdout = child.stdout.take().expect("stdout");
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(l) = line else { break };
-                if tx.send(l).is_err() {
-                    break;
-                }
-            }
-        });
-        let mut l = Listener {
-            child,
-            lines: rx,
-            addr: String::new(),
-            seen: Vec::new(),
-        };
-        let first = l
-            .next_json(Duration::from_secs(60))
-            .expect("listen did not start");
-        assert_eq!(first["event"], "listening", "{first}");
-        l
+        self.start_listener(&args).0
     }
 
     /// `outbox --json` as (seq, status, text).

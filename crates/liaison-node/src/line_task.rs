@@ -909,20 +909,10 @@ impl LineTask {
         self.line.stand_down();
         if self.line.is_ready(now)
             && let Some((tx, kind)) = self.send_hop().map(|h| (h.tx.clone(), h.kind))
+            && let Some(frame) = self.close_frame(now, kind, liaison_wire::frame::close_reason::BYE)
         {
-            let mut w = FrameWriter::default();
-            w.raw(
-                liaison_wire::consts::FRAME_CLOSE,
-                &[liaison_wire::frame::close_reason::BYE],
-            );
-            let pt = w.finish();
-            let mut frame = Vec::new();
-            frame_prefix(kind, false, &mut frame);
-            if self.line.seal(now, wall(), &pt, false, &mut frame).is_ok() {
-                patch_len(&mut frame);
-                // a hop too busy to take it within the grace is left to time out
-                let _ = tokio::time::timeout(BYE_GRACE, tx.send(frame)).await;
-            }
+            // a hop too busy to take it within the grace is left to time out
+            let _ = tokio::time::timeout(BYE_GRACE, tx.send(frame)).await;
         }
         let ids: Vec<u64> = self.hops.iter().map(|h| h.id).collect();
         for id in ids {
@@ -1121,24 +1111,27 @@ impl LineTask {
         }
     }
 
-    fn close_hop(&mut self, hop: u64, reason: u8) {
-        let Some(kind) = self.hops.iter().find(|h| h.id == hop).map(|h| h.kind) else {
-            return;
-        };
+    /// A hop frame carrying `CLOSE(reason)` alone, sealed on the current session (`None`
+    /// without a usable session).
+    fn close_frame(&mut self, now: Instant, kind: HopKind, reason: u8) -> Option<Vec<u8>> {
         let mut w = FrameWriter::default();
         w.raw(liaison_wire::consts::FRAME_CLOSE, &[reason]);
         let pt = w.finish();
         let mut frame = Vec::new();
         frame_prefix(kind, false, &mut frame);
-        if self
-            .line
-            .seal(Instant::now(), wall(), &pt, false, &mut frame)
-            .is_ok()
+        self.line.seal(now, wall(), &pt, false, &mut frame).ok()?;
+        patch_len(&mut frame);
+        Some(frame)
+    }
+
+    fn close_hop(&mut self, hop: u64, reason: u8) {
+        let Some(kind) = self.hops.iter().find(|h| h.id == hop).map(|h| h.kind) else {
+            return;
+        };
+        if let Some(frame) = self.close_frame(Instant::now(), kind, reason)
+            && let Some(h) = self.hops.iter().find(|h| h.id == hop)
         {
-            patch_len(&mut frame);
-            if let Some(h) = self.hops.iter().find(|h| h.id == hop) {
-                let _ = h.tx.try_send(frame);
-            }
+            let _ = h.tx.try_send(frame);
         }
         if kind == HopKind::Direct {
             // dropping our side of a direct hop closes it once the writer drains
