@@ -17,15 +17,20 @@ use liaison_audit::Hash;
 use liaison_audit::merkle::{verify_consistency, verify_inclusion};
 use serde_json::Value;
 
+/// `$LIAISON_SHARED/vectors/merkle/testdata` if set (`.ci/run` sets it for a clone made away
+/// from `../shared`), else `../shared/…` beside the project.
 fn vectors_dir() -> Option<PathBuf> {
     let project_root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let dir = project_root.join("../shared/vectors/merkle/testdata");
+    let shared = std::env::var_os("LIAISON_SHARED")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| project_root.join("../shared"));
+    let dir = shared.join("vectors/merkle/testdata");
     if dir.is_dir() {
         return Some(dir);
     }
     if std::env::var_os("CI").is_some() {
         panic!(
-            "Merkle test vectors not found at {} (CI always has ../shared)",
+            "Merkle test vectors not found at {} (CI has ../shared or LIAISON_SHARED)",
             dir.display()
         );
     }
