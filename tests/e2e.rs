@@ -21,3 +21,12 @@ mod evil_relay;
 
 #[path = "e2e/audit.rs"]
 mod audit;
+
+#[path = "e2e/netem.rs"]
+mod netem;
+
+#[path = "e2e/impaired.rs"]
+mod impaired;
+
+#[path = "e2e/line_engine.rs"]
+mod line_engine;

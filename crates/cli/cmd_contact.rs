@@ -4,7 +4,7 @@ use crate::ctx::{Ctx, card_arg, human_time, print_json};
 use crate::exit::{CmdResult, Code, Context, Failure, runtime, usage, verify as verify_fail};
 use clap::{Args, Subcommand};
 use liaison_node::atrest;
-use liaison_node::line_task::pairing_aad;
+use liaison_node::line::pairing_aad;
 use liaison_node::node::unix_now;
 use liaison_node::store::{self, NewContact};
 use liaison_proto::identity::{PinnedSummary, check_new_contact, parse_card_text};
@@ -104,13 +104,39 @@ pub struct VerifyArgs {
 
 /// Dispatches `contact …`.
 pub fn run(ctx: &Ctx, cmd: ContactCmd) -> CmdResult {
-    match cmd {
+    let changed = match &cmd {
+        ContactCmd::Add(a) => Some(a.name.clone()),
+        ContactCmd::Remove { name } | ContactCmd::ResetReplay { name } => Some(name.clone()),
+        ContactCmd::Set(a) => Some(a.name.clone()),
+        ContactCmd::Pair(a) => Some(a.name.clone()),
+        ContactCmd::List => None,
+    };
+    let code = match cmd {
         ContactCmd::Add(a) => add(ctx, a),
         ContactCmd::List => list(ctx),
         ContactCmd::Remove { name } => remove(ctx, &name),
         ContactCmd::Set(a) => set(ctx, a),
         ContactCmd::Pair(a) => pair(ctx, a),
         ContactCmd::ResetReplay { name } => reset_replay(ctx, &name),
+    }?;
+    if let (Some(name), Code::Ok) = (changed, code) {
+        tell_listener(ctx, &name);
+    }
+    Ok(code)
+}
+
+/// A running `listen` on this home applies the change before this command returns (a new
+/// pairing secret ends the sessions made without it at once).
+fn tell_listener(ctx: &Ctx, name: &str) {
+    let Ok(home) = ctx.open_home() else {
+        return;
+    };
+    let sock = home.control_socket_path();
+    if sock.exists() && !crate::control::notify_contact_changed(&sock, name) {
+        eprintln!(
+            "warning: the running `liaison listen` did not confirm the change; it applies it \
+             within a few seconds"
+        );
     }
 }
 

@@ -220,8 +220,9 @@ pub async fn send_logic(node: &Node, req: SendReq, out: &mut dyn Out) -> Code {
             return f.code;
         }
     };
-    let id = format!("{}:{seq}", req.contact);
-    let report = |out: &mut dyn Out, status: &str, detail: &str| {
+    let mut seq = seq;
+    let report = |out: &mut dyn Out, seq: u64, status: &str, detail: &str| {
+        let id = format!("{}:{seq}", req.contact);
         if req.json {
             out.out(&serde_json::json!({"status": status, "id": id}).to_string());
         } else {
@@ -238,6 +239,7 @@ pub async fn send_logic(node: &Node, req: SendReq, out: &mut dyn Out) -> Code {
     if !reachable {
         report(
             out,
+            seq,
             "pending",
             &format!(
                 "no address or relay for {c}: it stays in the outbox; give --addr HOST:PORT or \
@@ -260,6 +262,7 @@ pub async fn send_logic(node: &Node, req: SendReq, out: &mut dyn Out) -> Code {
     }
     let deadline = tokio::time::Instant::now() + Duration::from_secs(req.timeout);
     let mut last_error = String::new();
+    let mut refused_answer = false;
     loop {
         let ev = tokio::select! {
             _ = tokio::time::sleep_until(deadline) => break,
@@ -267,12 +270,13 @@ pub async fn send_logic(node: &Node, req: SendReq, out: &mut dyn Out) -> Code {
         };
         match ev {
             Ok(NodeEvent::Delivered { to, seq: s, .. }) if to == req.contact && s == seq => {
-                report(out, "delivered", "");
+                report(out, seq, "delivered", "");
                 return Code::Ok;
             }
             Ok(NodeEvent::Queued { to, seq: s, .. }) if to == req.contact && s == seq => {
                 report(
                     out,
+                    seq,
                     "queued",
                     &format!(
                         "{} is away: the relay holds the message sealed to their mailbox key; \
@@ -299,7 +303,7 @@ pub async fn send_logic(node: &Node, req: SendReq, out: &mut dyn Out) -> Code {
                          each other's current card (`liaison verify {contact}`)"
                     )),
                 }
-                report(out, "pending", "");
+                report(out, seq, "pending", "");
                 return Code::Verify;
             }
             Ok(NodeEvent::NotHeld { to, seqs, reason })
@@ -309,18 +313,39 @@ pub async fn send_logic(node: &Node, req: SendReq, out: &mut dyn Out) -> Code {
                     "error: {to} is away and the relay refused to hold the message ({reason}); \
                      it stays in the outbox for a later listen, call or send"
                 ));
-                report(out, "pending", "");
+                report(out, seq, "pending", "");
                 return Code::NotDelivered;
             }
             Ok(NodeEvent::DialFailed { contact, error, .. }) if contact == req.contact => {
                 last_error = error;
+            }
+            Ok(NodeEvent::Notice { contact, message }) if contact == req.contact => {
+                out.err(&format!("note: {message}"));
+            }
+            Ok(NodeEvent::Anomaly { contact, kind })
+                if contact == req.contact && kind == "bad-handshake" =>
+            {
+                // the peer answered, but its answer did not authenticate
+                refused_answer = true;
+            }
+            Ok(NodeEvent::Renumbered { contact, moves, .. }) if contact == req.contact => {
+                // our message got a new seq (this home was restored from a backup)
+                if let Some(m) = moves.iter().find(|m| m[0] == seq) {
+                    out.err(&format!(
+                        "note: {c}:{} is now {c}:{} (this home was restored from a backup)",
+                        m[0],
+                        m[1],
+                        c = req.contact
+                    ));
+                    seq = m[1];
+                }
             }
             Ok(_) => {}
             Err(broadcast::error::RecvError::Lagged(_)) => {
                 if status_of(node, &req.contact, seq).await.as_deref()
                     == Some(store::status::DELIVERED)
                 {
-                    report(out, "delivered", "");
+                    report(out, seq, "delivered", "");
                     return Code::Ok;
                 }
             }
@@ -328,8 +353,19 @@ pub async fn send_logic(node: &Node, req: SendReq, out: &mut dyn Out) -> Code {
         }
     }
     if status_of(node, &req.contact, seq).await.as_deref() == Some(store::status::DELIVERED) {
-        report(out, "delivered", "");
+        report(out, seq, "delivered", "");
         return Code::Ok;
+    }
+    if refused_answer {
+        out.err(&format!(
+            "error: {c}'s node answered, but its answers did not authenticate: you two hold \
+             different pairing secrets (or someone on the path forges answers). Run \
+             `liaison contact pair {c}` on both sides with the same secret; the message stays \
+             pending",
+            c = req.contact
+        ));
+        report(out, seq, "pending", "");
+        return Code::Verify;
     }
     let why = if last_error.is_empty() {
         format!(
@@ -341,6 +377,7 @@ pub async fn send_logic(node: &Node, req: SendReq, out: &mut dyn Out) -> Code {
     };
     report(
         out,
+        seq,
         "pending",
         &format!("{why}; the message stays in the outbox for a later listen, call or send"),
     );
@@ -460,8 +497,18 @@ pub async fn call_logic(
                                 return Code::Verify;
                             }
                         }
+                        NodeEvent::Renumbered { contact: c, moves, .. } if *c == contact => {
+                            for m in moves {
+                                if ours.remove(&m[0]) {
+                                    ours.insert(m[1]);
+                                }
+                            }
+                            show(out, &ev, req.json);
+                        }
                         NodeEvent::LineUp { contact: c }
                         | NodeEvent::Unreachable { contact: c }
+                        | NodeEvent::PeerLost { contact: c, .. }
+                        | NodeEvent::Notice { contact: c, .. }
                         | NodeEvent::Anomaly { contact: c, .. } if *c == contact => show(out, &ev, req.json),
                         _ => {}
                     }

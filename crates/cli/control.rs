@@ -35,6 +35,12 @@ pub enum Request {
     Eof,
     /// Report every line's state (one `out` line: a JSON object by contact).
     Status,
+    /// A contact was changed in the store by another command: apply it to the running line
+    /// now (exit 0 once applied).
+    ContactChanged {
+        /// The contact.
+        name: String,
+    },
 }
 
 /// A server's message.
@@ -186,6 +192,14 @@ pub async fn serve_connection(node: Node, stream: UnixStream) {
             out.out(&serde_json::Value::Object(map).to_string());
             crate::exit::Code::Ok
         }
+        Request::ContactChanged { name } => match node.contact_changed(&name).await {
+            Ok(()) => crate::exit::Code::Ok,
+            Err(e) => {
+                use crate::output::Out;
+                out.err(&format!("error: {e}"));
+                crate::exit::Code::Runtime
+            }
+        },
         Request::Input { .. } | Request::Eof => crate::exit::Code::Usage,
     };
     drop(out);
@@ -239,6 +253,37 @@ pub async fn run_remote(
         f.abort();
     }
     Ok(code)
+}
+
+/// Tells a running `listen` (if any) that contact `name` changed, and waits until its line
+/// uses the change. Returns false if a listener runs but did not confirm.
+pub fn notify_contact_changed(socket: &Path, name: &str) -> bool {
+    use std::io::{BufRead, Read, Write};
+    let Ok(mut s) = std::os::unix::net::UnixStream::connect(socket) else {
+        // no listener: the next node to start reads the store
+        return true;
+    };
+    let t = Some(std::time::Duration::from_secs(10));
+    if s.set_read_timeout(t).is_err() || s.set_write_timeout(t).is_err() {
+        return false;
+    }
+    let Ok(mut req) = serde_json::to_string(&Request::ContactChanged {
+        name: name.to_string(),
+    }) else {
+        return false;
+    };
+    req.push('\n');
+    if s.write_all(req.as_bytes()).is_err() {
+        return false;
+    }
+    let reader = std::io::BufReader::new(s.take(MAX_LINE as u64));
+    for line in reader.lines() {
+        let Ok(line) = line else { return false };
+        if let Ok(Reply::Exit { code }) = serde_json::from_str::<Reply>(&line) {
+            return code == 0;
+        }
+    }
+    false
 }
 
 /// Asks a running `listen` for its lines' state; `None` if no node runs on this home.

@@ -123,12 +123,46 @@ pub fn render(ev: &NodeEvent, json: bool) -> (Option<String>, Option<String>) {
                 )
             }
         }
+        // the line's anomalies are named (`replayed-data`); the audit log's are sentences
+        NodeEvent::Anomaly { contact, kind } if kind.contains(' ') => (
+            None,
+            Some(format!("warning: line to {contact}: {kind} (logged)")),
+        ),
         NodeEvent::Anomaly { contact, kind } => (
             None,
             Some(format!(
                 "warning: {kind} traffic on the line to {contact} (logged)"
             )),
         ),
+        NodeEvent::Renumbered {
+            contact,
+            peer_holds,
+            moves,
+        } => (
+            None,
+            Some(format!(
+                "warning: {contact} already holds messages #1–#{peer_holds} from this home, \
+                 more than this home knows it sent: it was restored from a backup. {} pending \
+                 message(s) got new numbers{} so none is taken for one {contact} already has \
+                 (logged; {contact} may see a message twice if it had arrived before the restore)",
+                moves.len(),
+                match (moves.first(), moves.last()) {
+                    (Some(f), Some(l)) => format!(" ({}–{} → {}–{})", f[0], l[0], f[1], l[1]),
+                    _ => String::new(),
+                }
+            )),
+        ),
+        NodeEvent::PeerLost { contact, from, to } => (
+            None,
+            Some(format!(
+                "warning: {contact}'s node no longer holds messages #{from}–#{to} it had \
+                 acknowledged (restored from a backup?): they are pending again and sent again \
+                 (logged)"
+            )),
+        ),
+        NodeEvent::Notice { contact, message } => {
+            (None, Some(format!("note ({contact}): {message}")))
+        }
     }
 }
 
@@ -140,5 +174,34 @@ pub fn show(out: &mut dyn Out, ev: &NodeEvent, json: bool) {
     }
     if let Some(e) = e {
         out.err(&e);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn anomalies_read_as_sentences() {
+        let named = NodeEvent::Anomaly {
+            contact: "bob".into(),
+            kind: "replayed-data".into(),
+        };
+        assert_eq!(
+            render(&named, false).1.as_deref(),
+            Some("warning: replayed-data traffic on the line to bob (logged)")
+        );
+        let audit = NodeEvent::Anomaly {
+            contact: "bob".into(),
+            kind: "audit: the peer holds a checkpoint of size 22 that this log cannot reproduce"
+                .into(),
+        };
+        assert_eq!(
+            render(&audit, false).1.as_deref(),
+            Some(
+                "warning: line to bob: audit: the peer holds a checkpoint of size 22 that this \
+                 log cannot reproduce (logged)"
+            )
+        );
     }
 }

@@ -9,7 +9,7 @@ use liaison_proto::delivery::Receiver;
 use liaison_wire::frame::{Frame, Frames, MessageContent};
 
 fuzz_target!(|data: &[u8]| {
-    let mut receiver = Receiver::new(0, []);
+    let mut receiver = Receiver::new(0, [0; 16], []);
     for f in Frames::new(data) {
         match f {
             Ok(Frame::Msg {

@@ -66,7 +66,7 @@ fn authentic(resp: &[u8], flip: Option<(bool, usize, u8)>) {
     let now = Instant::now();
     let mut a = Line::new(alice, bob_as_peer, Tai64N::default(), Tai64N::default());
     let mut b = Line::new(bob, alice_as_peer, Tai64N::default(), Tai64N::default());
-    b.set_response_payload(resp.to_vec());
+    b.set_start_frames(resp.to_vec());
     a.connect(now, wall());
     let Some(mut msg1) = transmitted(&mut a) else {
         panic!("no message 1");

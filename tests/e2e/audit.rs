@@ -238,3 +238,84 @@ fn crash_between_append_and_checkpoint_recovers() {
     let out = check(&alice, &[&a, &b]);
     assert_ok(&out, "cross-check after a crash");
 }
+
+/// `audit show --json` of a node, read-only (works while its process runs).
+fn entries(n: &Node) -> Vec<serde_json::Value> {
+    let out = n.run(&["audit", "show", "--json"]);
+    assert_ok(&out, "audit show");
+    json(&out).as_array().expect("entries").clone()
+}
+
+/// How many entries of each kind, for failure messages.
+fn kinds(entries: &[serde_json::Value]) -> std::collections::BTreeMap<String, usize> {
+    let mut m = std::collections::BTreeMap::new();
+    for e in entries {
+        *m.entry(e["event"].as_str().unwrap_or("?").to_string())
+            .or_insert(0) += 1;
+    }
+    m
+}
+
+/// Idle is cheap (design §10): a call held open without traffic for 60 s adds at most 6
+/// entries to each side's audit log (the two logs used to cosign each other's records of
+/// cosigning: 488 entries a minute on each side).
+/// Receipts still flow and both logs still verify and cross-check afterwards.
+#[test]
+fn an_idle_call_adds_at_most_six_entries_a_minute() {
+    let (alice, bob, mut l) = pair_with_listener("alice", "bob");
+    let mut c = alice.spawn_stdin(&["call", "bob", "--timeout", "60"]);
+    c.write_lines(&["hello".into(), "anyone there?".into()]);
+    assert_eq!(l.messages(2, Duration::from_secs(30)).len(), 2);
+    // let the acknowledgements, offers, cosignatures and receipts of the exchange settle
+    std::thread::sleep(Duration::from_secs(3));
+    let (a0, b0) = (entries(&alice), entries(&bob));
+    std::thread::sleep(Duration::from_secs(60));
+    let (a1, b1) = (entries(&alice), entries(&bob));
+    let added: Vec<(&str, usize, _)> = [("alice", &a0, &a1), ("bob", &b0, &b1)]
+        .into_iter()
+        .map(|(who, before, after)| {
+            let new = after.get(before.len()..).unwrap_or_default();
+            eprintln!(
+                "{who}: {} audit entries added during 60 s of idle call",
+                new.len()
+            );
+            (who, new.len(), kinds(new))
+        })
+        .collect();
+    for (who, n, kinds) in &added {
+        assert!(
+            *n <= 6,
+            "{who}'s log grew by {n} entries in 60 s of idle call: {kinds:?}"
+        );
+    }
+    // the call is still up and ends normally
+    let out = c.finish(Duration::from_secs(90));
+    assert_ok(&out, "idle call");
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(l.terminate(), Some(0));
+    for n in [&alice, &bob] {
+        assert_ok(&n.run(&["audit", "verify"]), "verify after an idle call");
+    }
+    let tmp = tempfile::tempdir().expect("tmp");
+    let a = export(&alice, tmp.path(), "a.bundle");
+    let b = export(&bob, tmp.path(), "b.bundle");
+    let out = alice.run(&[
+        "audit",
+        "check",
+        a.to_str().expect("utf8"),
+        b.to_str().expect("utf8"),
+        "--json",
+    ]);
+    assert_ok(&out, "cross-check after an idle call");
+    let r = json(&out);
+    assert_eq!(r["report"]["cross"]["acked_messages_matched"], 2, "{r}");
+    let alice_report = r["report"]["bundles"]
+        .as_array()
+        .expect("bundles")
+        .iter()
+        .find(|x| x["messages_sent"] == 2)
+        .expect("alice's bundle")
+        .clone();
+    assert_eq!(alice_report["receipts"], 2, "receipts reached alice: {r}");
+    assert_eq!(alice_report["acked_without_receipt"], 0, "{r}");
+}

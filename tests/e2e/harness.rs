@@ -97,10 +97,23 @@ impl Node {
 
     /// Spawns a `listen … --json` and waits for its `listening` event, returned beside it.
     fn start_listener(&self, args: &[&str]) -> (Listener, serde_json::Value) {
+        self.spawn_listener(self.cmd(args), Stdio::null())
+    }
+
+    /// Starts `listen ARGS…` (which must include `--json`) with extra environment (e.g.
+    /// `RUST_LOG`) and its stderr written to `log`, for tests that read the node's log
+    /// afterwards. `addr` is set when it listens on a direct address.
+    pub fn listen_logged(&self, args: &[&str], env: &[(&str, &str)], log: &Path) -> Listener {
         let mut c = self.cmd(args);
-        c.stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .stdin(Stdio::null());
+        c.envs(env.iter().copied());
+        let f = std::fs::File::create(log).expect("listener log file");
+        let (mut l, first) = self.spawn_listener(c, Stdio::from(f));
+        l.addr = first["addr"].as_str().unwrap_or_default().to_string();
+        l
+    }
+
+    fn spawn_listener(&self, mut c: Command, stderr: Stdio) -> (Listener, serde_json::Value) {
+        c.stdout(Stdio::piped()).stderr(stderr).stdin(Stdio::null());
         let mut child = c.spawn().expect("spawn listen");
         let (tx, rx) = mpsc::channel();
         let stdout = child.stdout.take().expect("stdout");

@@ -55,10 +55,11 @@ fn messages_through_the_relay_both_ways() {
 
     // the other way: alice listens at the relay too, bob sends through his running listen
     // (first the subscriptions of alice's finished call must be gone, or the count below
-    // could be reached before her listener subscribed)
-    relay.wait_subscriptions_exactly(10);
+    // could be reached before her listener subscribed); each relay connection holds its
+    // contacts' 10 inbox ids and one echo id of its own
+    relay.wait_subscriptions_exactly(11);
     let mut la = alice.listen_relays(&["r1"]);
-    relay.wait_subscriptions(20);
+    relay.wait_subscriptions(22);
     let out = bob.run(&["send", "alice", "and back", "--relay", "r1", "--json"]);
     assert_ok(&out, "send back through the control socket");
     assert_eq!(json(&out)["status"], "delivered");
@@ -479,9 +480,9 @@ fn hop_key_not_on_the_allow_list_is_refused_until_listed() {
 
 #[test]
 fn queue_quota_refuses_clearly_and_the_store_stays_bounded() {
-    // 5,000 bytes per inbox: three 1,273-byte envelopes (one short message each) fit, the
-    // fourth does not
-    let relay = RelayProc::start(&["--max-queue-bytes", "5000"]);
+    // 10,000 bytes per inbox: three 3,257-byte envelopes (one short message each, beside the
+    // sender's current mailbox key that every envelope carries) fit, the fourth does not
+    let relay = RelayProc::start(&["--max-queue-bytes", "10000"]);
     let (alice, bob) = pair_at_relay(&relay, "alice", "bob");
     let msgs = texts("over quota", 6);
     let mut statuses = Vec::new();
@@ -513,7 +514,7 @@ fn queue_quota_refuses_clearly_and_the_store_stays_bounded() {
         statuses.push(st);
         let (n, bytes) = relay.queued();
         assert!(
-            bytes <= 5000,
+            bytes <= 10_000,
             "the queue grew past its limit: {n} / {bytes} bytes"
         );
     }

@@ -198,6 +198,12 @@ code_enum!(
         UnexpectedAck = 11,
         /// The peer claims to hold a checkpoint of this log that the log cannot reproduce.
         PeerStateMismatch = 12,
+        /// The peer holds other messages under seqs this node reused: this node's store was
+        /// rolled back (restored from a backup); its pending messages were renumbered.
+        SeqRollback = 13,
+        /// The peer no longer holds messages it acknowledged (its store was rolled back); they
+        /// were sent again.
+        PeerLostMessages = 14,
     }
 );
 
@@ -307,6 +313,14 @@ pub enum Event {
 }
 
 impl Event {
+    /// False for the one event that witnessing itself produces (`peer_checkpoint_cosigned`):
+    /// such an entry is signed by the next checkpoint made for another reason, and never
+    /// calls for one itself, or two logs witnessing each other would cosign each other's
+    /// records of cosigning for ever (design §10, "idle is cheap").
+    pub fn calls_for_checkpoint(&self) -> bool {
+        !matches!(self, Event::PeerCheckpointCosigned { .. })
+    }
+
     /// The kind byte.
     pub fn kind_code(&self) -> u8 {
         match self {

@@ -11,7 +11,10 @@
 //! At every group commit (≤ 100 ms) the node stores the new entries in one SQLite transaction
 //! and **only then** signs a **C2SP checkpoint** ([`checkpoint`], a [`note`] signed by the
 //! node's *log key*). Checkpoints are only ever signed over a prefix of one append-only tree,
-//! so no two of them are inconsistent.
+//! so no two of them are inconsistent. Records of cosignatures never call for a checkpoint of
+//! their own (the next one covers them), and cosigning is rate-bounded per peer, so an idle
+//! line costs no entries and a peer cannot grow our log by offering checkpoints
+//! ([`line`](mod@line) says why).
 //!
 //! The **peer witnesses** the log over the live line ([`wire`]): the owner offers each new
 //! checkpoint with an RFC 9162 consistency proof from the last one the peer cosigned; the peer's

@@ -4,14 +4,45 @@
 //! messages of [`crate::wire`]:
 //!
 //! * [`Line::commit`]: group commit — store pending entries (one transaction), *then* sign a
-//!   checkpoint for them, store it, and return the [`CheckpointOffer`] to send;
+//!   checkpoint for them if one of them [calls for it](crate::Event::calls_for_checkpoint)
+//!   (records of cosignatures do not), store it, and return the [`CheckpointOffer`] to send;
 //! * [`Line::handle_message`]: a message from the peer in, the replies to send out;
 //!   every peer message is verified before anything is accepted, and a refused one is logged as
 //!   an (aggregated) anomaly before the error is returned for the user to see;
 //! * witnessing: the new witness state, the witnessed checkpoint, the peer's binding and the
 //!   log entry recording the cosignature are stored in **one transaction** that also checks the
 //!   stored state is still the one the decision was based on; only then is the cosignature
-//!   released. A fork is stored as evidence (both signed checkpoints).
+//!   released. A fork is stored as evidence (both signed checkpoints);
+//! * [`Line::handle_timeout`]: cosigns an offer the rate bound held back, once it is due.
+//!
+//! # Idle is cheap, and a peer cannot grow our log by offering checkpoints
+//!
+//! Each cosignature of a new peer checkpoint is one `peer_checkpoint_cosigned` entry in our
+//! log. Two rules keep those entries from feeding on themselves or being farmed by the peer:
+//!
+//! 1. **A record of a cosignature never calls for a checkpoint** ([`AuditLog`]): it is durable
+//!    at once and signed by the next checkpoint that another entry calls for. So on an idle
+//!    line the exchange stops after the last real entry has been offered and cosigned, instead
+//!    of each side cosigning the other's record of cosigning, several entries a second.
+//! 2. **Cosigning is rate-bounded per peer.** A new checkpoint is cosigned at once if this log
+//!    logged an entry that calls for a checkpoint since the last cosignature was logged (or
+//!    none was yet, in this process); otherwise at most once per [`COSIGN_INTERVAL_MS`]. An
+//!    offer that comes sooner is verified (a fork is caught and stored at once) and held back,
+//!    only the largest one is kept, and it is cosigned when due ([`Line::handle_timeout`]).
+//!    Records of cosignatures therefore never outnumber the other entries by more than one per
+//!    interval, whatever the peer offers, and the witness table (one row per cosignature)
+//!    grows no faster. During a conversation both sides log messages, acknowledgements and
+//!    receipts, so cosigning is not delayed; a held-back offer waits at most one interval.
+//!    Re-offers of the checkpoint already cosigned are answered at once (nothing is logged).
+//!
+//! Why hold back cosigning rather than only batch the records: the witness state must be
+//! durable before each cosignature leaves (else a restart could cosign a fork of what was
+//! cosigned), so every cosignature costs a witness row and a signature check in every later
+//! `audit check`; holding back bounds those too, and keeps "one record per cosignature, in
+//! the same transaction". No guarantee moves: every released cosignature is still verified
+//! against the current witness state, persisted first, and never for two inconsistent
+//! checkpoints. A held-back offer is memory only: after a restart the peer offers its latest
+//! checkpoint again when the session comes up.
 //!
 //! Storage is [`crate::store::SqliteStorage`] in the node and [`crate::mem::MemoryStorage`] in
 //! tests and benchmarks.
@@ -29,6 +60,12 @@ use crate::receipt::{Receipt, ReceiptError};
 use crate::store::StoreError;
 use crate::wire::{AuditMessage, CheckpointOffer, CosignatureMsg, Resync};
 use crate::witness::{Witness, WitnessAccept, WitnessError, WitnessOutcome};
+
+/// Shortest time between two cosignatures of new peer checkpoints, in milliseconds, unless this
+/// log logged an entry that calls for a checkpoint in between (see the module documentation).
+/// Bounds the entries a peer can add to our log by offering checkpoints to about one a second
+/// while we log nothing else; a held-back offer waits at most this long.
+pub const COSIGN_INTERVAL_MS: u64 = 1_000;
 
 /// Durable storage of one line's audit state. Each method is one transaction.
 pub trait LineStorage {
@@ -143,6 +180,10 @@ pub struct Line<S: LineStorage> {
     peer_binding: Option<KeyBinding>,
     receipted_upto: u64,
     storage: S,
+    /// When the last cosignature was logged (Unix ms), and the log's length right after.
+    last_record: Option<(u64, u64)>,
+    /// The newest verified offer of a new checkpoint held back by the rate bound.
+    deferred: Option<CheckpointOffer>,
 }
 
 fn binding_hash(b: &KeyBinding) -> Hash {
@@ -163,6 +204,8 @@ impl<S: LineStorage> Line<S> {
             peer_binding,
             receipted_upto,
             storage,
+            last_record: None,
+            deferred: None,
         }
     }
 
@@ -212,12 +255,23 @@ impl<S: LineStorage> Line<S> {
         self.log.note_anomaly(kind, now_ms);
     }
 
-    /// Group commit: stores pending entries, then signs and stores a checkpoint covering
-    /// them. Returns the encoded [`CheckpointOffer`] to send to the peer, if a new checkpoint
-    /// was signed. Call at most every 100 ms while entries are being appended.
+    /// Group commit: stores pending entries, then, if some durable entry [calls for a
+    /// checkpoint](crate::Event::calls_for_checkpoint), signs and stores one covering every
+    /// durable entry (records of cosignatures alone do not: they wait for the next one).
+    /// Returns the encoded [`CheckpointOffer`] to send to the peer, if a new checkpoint was
+    /// signed. Call at most every 100 ms while entries are being appended.
     pub fn commit(&mut self, now_ms: u64) -> Result<Option<Vec<u8>>, LineError> {
+        self.commit_with(now_ms, false)
+    }
+
+    fn commit_with(&mut self, now_ms: u64, all: bool) -> Result<Option<Vec<u8>>, LineError> {
         self.persist(now_ms)?;
-        let Some(cp) = self.log.prepare_checkpoint()? else {
+        let cp = if all {
+            self.log.prepare_final_checkpoint()?
+        } else {
+            self.log.prepare_checkpoint()?
+        };
+        let Some(cp) = cp else {
             return Ok(None);
         };
         self.storage.store_checkpoint(&cp, now_ms)?;
@@ -246,10 +300,11 @@ impl<S: LineStorage> Line<S> {
         Ok(self.log.offer()?.map(|o| AuditMessage::Offer(o).encode()))
     }
 
-    /// Closes anomaly windows and commits (before shutdown).
+    /// Closes anomaly windows and commits (before shutdown); unlike [`Line::commit`], the
+    /// checkpoint also covers a tail of records of cosignatures, so nothing is left unsigned.
     pub fn close(&mut self, now_ms: u64) -> Result<Option<Vec<u8>>, LineError> {
         self.log.close(now_ms);
-        self.commit(now_ms)
+        self.commit_with(now_ms, true)
     }
 
     /// Handles one audit message from the peer; returns the messages to send back.
@@ -294,6 +349,45 @@ impl<S: LineStorage> Line<S> {
         offer: &CheckpointOffer,
         now_ms: u64,
     ) -> Result<Vec<Vec<u8>>, LineError> {
+        let acc = match self.check_offer(offer, now_ms)? {
+            WitnessOutcome::Resync(r) => return Ok(vec![AuditMessage::Resync(r).encode()]),
+            WitnessOutcome::Cosign(acc) => acc,
+        };
+        if !acc.is_new {
+            // The checkpoint already held: answered at once, nothing is logged.
+            return Ok(vec![AuditMessage::Cosignature(acc.reply).encode()]);
+        }
+        if let Some(waiting) = &self.deferred {
+            let (held, new) = (&waiting.checkpoint, &offer.checkpoint);
+            if held.size() == new.size() && held.root() != new.root() {
+                // Both extend what we cosigned, but the peer signed two roots for one size.
+                self.storage.store_evidence(held, new, now_ms)?;
+                return Err(WitnessError::Fork {
+                    held: Box::new(held.clone()),
+                    offered: Box::new(new.clone()),
+                }
+                .into());
+            }
+            if held.size() > new.size() {
+                // The larger checkpoint waiting covers this one.
+                return self.release_deferred(now_ms);
+            }
+        }
+        if self.may_record_cosignature(now_ms) {
+            self.deferred = None;
+            self.cosign_new(&acc, now_ms)
+        } else {
+            self.deferred = Some(offer.clone());
+            Ok(Vec::new())
+        }
+    }
+
+    /// The witness's decision on `offer`; fork evidence is stored before the error returns.
+    fn check_offer(
+        &mut self,
+        offer: &CheckpointOffer,
+        now_ms: u64,
+    ) -> Result<WitnessOutcome, LineError> {
         let storage = &self.storage;
         let lookup = |s: u64| storage.witnessed(s).ok().flatten();
         let outcome = self.witness.check_offer(
@@ -304,35 +398,7 @@ impl<S: LineStorage> Line<S> {
             &lookup,
         );
         match outcome {
-            Ok(WitnessOutcome::Resync(r)) => Ok(vec![AuditMessage::Resync(r).encode()]),
-            Ok(WitnessOutcome::Cosign(acc)) => {
-                if acc.is_new {
-                    let mark = self.log.len();
-                    let knew_peer = self.peer_binding.is_some();
-                    self.learn_peer_binding(&acc.binding, now_ms);
-                    self.log.append(
-                        Event::PeerCheckpointCosigned {
-                            size: acc.checkpoint.size(),
-                            root: *acc.checkpoint.root(),
-                        },
-                        now_ms,
-                    );
-                    let batch = self.log.begin_commit(now_ms);
-                    if let Err(e) = self.storage.store_witness(&acc, batch.entries()) {
-                        // Nothing was stored: the entries recording this cosignature must not
-                        // be committed later either.
-                        self.log.abort_commit(batch);
-                        self.log.rollback_pending(mark);
-                        if !knew_peer {
-                            self.peer_binding = None;
-                        }
-                        return Err(e.into());
-                    }
-                    self.log.confirm_durable(batch)?;
-                    self.witness.apply(&acc);
-                }
-                Ok(vec![AuditMessage::Cosignature(acc.reply).encode()])
-            }
+            Ok(o) => Ok(o),
             Err(e) => {
                 if let WitnessError::Fork { held, offered } = &e {
                     self.storage.store_evidence(held, offered, now_ms)?;
@@ -340,6 +406,101 @@ impl<S: LineStorage> Line<S> {
                 Err(e.into())
             }
         }
+    }
+
+    /// True if a new cosignature may be logged now (the rate bound of the module
+    /// documentation): none was yet in this process, or this log has logged an entry that
+    /// calls for a checkpoint since the last one, or [`COSIGN_INTERVAL_MS`] have passed (or
+    /// the clock went back).
+    fn may_record_cosignature(&self, now_ms: u64) -> bool {
+        match self.last_record {
+            None => true,
+            Some((at, end)) => {
+                self.log.calls_for_checkpoint_upto() > end
+                    || now_ms >= at.saturating_add(COSIGN_INTERVAL_MS)
+                    || now_ms < at
+            }
+        }
+    }
+
+    /// Cosigns a verified new checkpoint: the witness state, the peer's binding and the
+    /// entries recording it are stored in one transaction, and only then is the cosignature
+    /// released.
+    fn cosign_new(&mut self, acc: &WitnessAccept, now_ms: u64) -> Result<Vec<Vec<u8>>, LineError> {
+        let mark = self.log.len();
+        let knew_peer = self.peer_binding.is_some();
+        self.learn_peer_binding(&acc.binding, now_ms);
+        self.log.append(
+            Event::PeerCheckpointCosigned {
+                size: acc.checkpoint.size(),
+                root: *acc.checkpoint.root(),
+            },
+            now_ms,
+        );
+        let batch = self.log.begin_commit(now_ms);
+        if let Err(e) = self.storage.store_witness(acc, batch.entries()) {
+            // Nothing was stored: the entries recording this cosignature must not be
+            // committed later either.
+            self.log.abort_commit(batch);
+            self.log.rollback_pending(mark);
+            if !knew_peer {
+                self.peer_binding = None;
+            }
+            return Err(e.into());
+        }
+        self.log.confirm_durable(batch)?;
+        self.witness.apply(acc);
+        self.last_record = Some((now_ms, self.log.len()));
+        Ok(vec![AuditMessage::Cosignature(acc.reply.clone()).encode()])
+    }
+
+    /// Cosigns the deferred offer if the rate bound allows it now (checked again, as if it had
+    /// just arrived).
+    fn release_deferred(&mut self, now_ms: u64) -> Result<Vec<Vec<u8>>, LineError> {
+        if self.deferred.is_none() || !self.may_record_cosignature(now_ms) {
+            return Ok(Vec::new());
+        }
+        let Some(offer) = self.deferred.take() else {
+            return Ok(Vec::new());
+        };
+        match self.check_offer(&offer, now_ms)? {
+            WitnessOutcome::Resync(r) => Ok(vec![AuditMessage::Resync(r).encode()]),
+            WitnessOutcome::Cosign(acc) if !acc.is_new => {
+                Ok(vec![AuditMessage::Cosignature(acc.reply).encode()])
+            }
+            WitnessOutcome::Cosign(acc) => {
+                let res = self.cosign_new(&acc, now_ms);
+                if res.is_err() {
+                    // Storing failed: try again at the next timeout.
+                    self.deferred = Some(offer);
+                }
+                res
+            }
+        }
+    }
+
+    /// When a deferred cosignature comes due at the latest (Unix ms), if one waits. It may
+    /// come due earlier, as soon as this log logs an entry that calls for a checkpoint:
+    /// calling [`Line::handle_timeout`] at every group commit is the simple way to drive it.
+    pub fn poll_timeout(&self) -> Option<u64> {
+        self.deferred.as_ref()?;
+        Some(
+            self.last_record
+                .map_or(0, |(at, _)| at.saturating_add(COSIGN_INTERVAL_MS)),
+        )
+    }
+
+    /// Cosigns the newest offer held back by the rate bound, if it is due; returns the
+    /// messages to send (the cosignature). Cheap when nothing waits. A refusal is logged as an
+    /// anomaly, then returned, as in [`Line::handle_message`].
+    pub fn handle_timeout(&mut self, now_ms: u64) -> Result<Vec<Vec<u8>>, LineError> {
+        let res = self.release_deferred(now_ms);
+        if let Err(e) = &res
+            && let Some(kind) = anomaly_for(e)
+        {
+            self.log.note_anomaly(kind, now_ms);
+        }
+        res
     }
 
     fn handle_cosignature(

@@ -11,10 +11,21 @@
 //!    size; once stored, [`AuditLog::checkpoint_persisted`] records it.
 //!
 //! Hence *durable before signed*, and since the tree is append-only and every checkpoint is
-//! signed over a prefix of it, *no two signed checkpoints are inconsistent*. On restart
-//! [`AuditLog::restore`] rebuilds the tree from the stored leaves and refuses to continue if
-//! they do not reproduce the last signed checkpoint; entries stored after it (a crash between
-//! commit and signature) are simply signed by the next checkpoint.
+//! signed over a prefix of it, *no two signed checkpoints are inconsistent*.
+//!
+//! **Only entries that [call for a checkpoint](Event::calls_for_checkpoint) make one.** A
+//! `peer_checkpoint_cosigned` entry is the product of witnessing: if it called for a checkpoint
+//! of its own, the peer would cosign that checkpoint, log *its* record, sign a checkpoint for
+//! it, and the two logs would feed each other several entries a second on an idle line. Such
+//! records are durable at once (in the witness transaction) and are signed by the next
+//! checkpoint that something else calls for, which covers the whole durable prefix: they are
+//! never left out, only not hurried.
+//!
+//! On restart [`AuditLog::restore`] rebuilds the tree from the stored leaves and refuses to
+//! continue if they do not reproduce the last signed checkpoint; entries stored after it (a
+//! crash between commit and signature) are simply signed by the next checkpoint. Leaf hashes
+//! do not tell records of cosignatures from other entries, so a restored log treats its whole
+//! unsigned tail as calling for a checkpoint: it is signed once, whatever it holds.
 //!
 //! Anomalies are aggregated per (kind, minute): the first occurrence appends an `anomaly` entry
 //! at once; further occurrences in that minute only count, and when the minute is over (seen at
@@ -159,6 +170,11 @@ pub struct AuditLog {
     pending: Vec<PendingEntry>,
     last_signed: Option<SignedCheckpoint>,
     signed_sizes: BTreeSet<u64>,
+    /// End (index + 1) of the last durable entry that calls for a checkpoint.
+    durable_calls_upto: u64,
+    /// End (index + 1) of the last appended entry (pending or durable) that calls for a
+    /// checkpoint.
+    appended_calls_upto: u64,
     /// Largest size the peer is known to hold (cosigned, or announced by `Resync`).
     peer_holds: Option<(u64, Hash)>,
     anomalies: BTreeMap<AnomalyKind, AnomalyWindow>,
@@ -179,6 +195,8 @@ impl AuditLog {
             pending: Vec::new(),
             last_signed: None,
             signed_sizes: BTreeSet::new(),
+            durable_calls_upto: 0,
+            appended_calls_upto: 0,
             peer_holds: None,
             anomalies: BTreeMap::new(),
         }
@@ -194,6 +212,10 @@ impl AuditLog {
         let mut log = Self::new(keys, peer_identity);
         log.tree = MerkleTree::from_leaf_hashes(stored.leaf_hashes);
         log.durable = log.tree.len();
+        // Leaf hashes do not tell records of cosignatures from other entries: whatever is
+        // stored after the last checkpoint is signed once (module documentation).
+        log.durable_calls_upto = log.durable;
+        log.appended_calls_upto = log.durable;
         if let Some(cp) = &stored.last_signed {
             cp.verify(&log.channel, &log.keys.binding().log_key)
                 .map_err(|e| LogError::StoreInconsistent(format!("last checkpoint: {e}")))?;
@@ -292,9 +314,22 @@ impl AuditLog {
         &self.tree
     }
 
-    /// True if some durable entries are not covered by a signed checkpoint.
+    /// True if some durable entry that [calls for a
+    /// checkpoint](Event::calls_for_checkpoint) is not covered by a signed one. Durable
+    /// records of cosignatures alone do not (they wait for the next checkpoint).
     pub fn needs_checkpoint(&self) -> bool {
-        self.durable > self.last_signed.as_ref().map_or(0, SignedCheckpoint::size)
+        self.durable_calls_upto > self.last_signed_size()
+    }
+
+    fn last_signed_size(&self) -> u64 {
+        self.last_signed.as_ref().map_or(0, SignedCheckpoint::size)
+    }
+
+    /// End (index + 1) of the last appended entry, pending ones included, that calls for a
+    /// checkpoint (0 if none since the log was opened empty; the durable size after a
+    /// restore).
+    pub fn calls_for_checkpoint_upto(&self) -> u64 {
+        self.appended_calls_upto
     }
 
     /// Appends an event at `now_ms`; returns its index.
@@ -310,6 +345,9 @@ impl AuditLog {
             time_ms: now_ms,
             event,
         };
+        if entry.event.calls_for_checkpoint() {
+            self.appended_calls_upto = index + 1;
+        }
         let leaf = entry.to_leaf();
         self.tree.push(leaf_hash(&leaf));
         self.pending.push(PendingEntry { entry, leaf });
@@ -377,6 +415,12 @@ impl AuditLog {
         self.tree.truncate(len);
         let keep = usize::try_from(len - self.durable).unwrap_or(usize::MAX);
         self.pending.truncate(keep);
+        self.appended_calls_upto = self
+            .pending
+            .iter()
+            .rev()
+            .find(|p| p.entry.event.calls_for_checkpoint())
+            .map_or(self.durable_calls_upto, |p| p.entry.index + 1);
     }
 
     /// Takes the pending entries for a group commit (closing finished anomaly minutes first).
@@ -402,16 +446,38 @@ impl AuditLog {
             self.abort_commit(batch);
             return Err(LogError::BatchOutOfOrder);
         }
+        if let Some(p) = batch
+            .entries
+            .iter()
+            .rev()
+            .find(|p| p.entry.event.calls_for_checkpoint())
+        {
+            self.durable_calls_upto = p.entry.index + 1;
+        }
         self.durable += batch.entries.len() as u64;
         Ok(())
     }
 
-    /// Signs a checkpoint for the durable size, if it grew since the last one. The log's state
-    /// changes only in [`AuditLog::checkpoint_persisted`], once the checkpoint is stored.
+    /// Signs a checkpoint for the durable size if [`AuditLog::needs_checkpoint`]: it covers
+    /// every durable entry, records of cosignatures included. The log's state changes only in
+    /// [`AuditLog::checkpoint_persisted`], once the checkpoint is stored.
     pub fn prepare_checkpoint(&self) -> Result<Option<SignedCheckpoint>, LogError> {
         if !self.needs_checkpoint() {
             return Ok(None);
         }
+        self.sign_durable()
+    }
+
+    /// Like [`AuditLog::prepare_checkpoint`], but signs any unsigned durable entries, records
+    /// of cosignatures too (before shutdown, so the log is left wholly signed).
+    pub fn prepare_final_checkpoint(&self) -> Result<Option<SignedCheckpoint>, LogError> {
+        if self.durable <= self.last_signed_size() {
+            return Ok(None);
+        }
+        self.sign_durable()
+    }
+
+    fn sign_durable(&self) -> Result<Option<SignedCheckpoint>, LogError> {
         let size = self.durable;
         let root = self.tree.root_at(size)?;
         let cp = Checkpoint::new(self.origin.clone(), size, root);
@@ -606,6 +672,44 @@ mod tests {
         assert!(log.prepare_checkpoint().unwrap().is_none());
         let cp2 = commit(&mut log, 3000).unwrap();
         assert_eq!(cp2.size(), 6);
+    }
+
+    #[test]
+    fn records_of_cosignatures_alone_call_for_no_checkpoint() {
+        let mut log = new_log();
+        let record = |s: u64| Event::PeerCheckpointCosigned {
+            size: s,
+            root: [s as u8; 32],
+        };
+        log.append(Event::MsgAcked { seq: 1 }, 1);
+        assert_eq!(commit(&mut log, 2).unwrap().size(), 1);
+        // Durable records only: no checkpoint, however many.
+        for s in 1..=3 {
+            log.append(record(s), 10 + s);
+            assert!(commit(&mut log, 20 + s).is_none());
+        }
+        assert_eq!(log.durable_size(), 4);
+        assert!(!log.needs_checkpoint());
+        // A rolled-back real entry leaves nothing that calls for one.
+        let mark = log.len();
+        log.append(Event::MsgAcked { seq: 2 }, 30);
+        assert_eq!(log.calls_for_checkpoint_upto(), mark + 1);
+        log.rollback_pending(mark);
+        assert_eq!(log.calls_for_checkpoint_upto(), 1);
+        assert!(commit(&mut log, 31).is_none());
+        // The next real entry's checkpoint covers the records before it.
+        log.append(record(4), 40);
+        log.append(Event::MsgAcked { seq: 2 }, 41);
+        log.append(record(5), 42);
+        assert_eq!(commit(&mut log, 43).unwrap().size(), 7);
+        // A final checkpoint signs a tail of records too.
+        log.append(record(6), 50);
+        assert!(commit(&mut log, 51).is_none());
+        assert!(
+            log.prepare_final_checkpoint()
+                .unwrap()
+                .is_some_and(|c| c.size() == 8)
+        );
     }
 
     #[test]

@@ -16,8 +16,8 @@ use crate::checkpoint::SignedCheckpoint;
 use crate::codec::DecodeError;
 use crate::entry::Event;
 use crate::keys::{LocalKeys, channel_id};
-use crate::line::{Line, LineStorage};
-use crate::log::{AcceptedCosignature, AuditLog, PendingEntry};
+use crate::line::{Line, LineError, LineStorage};
+use crate::log::{AcceptedCosignature, AuditLog, PendingEntry, RestoredLog};
 use crate::merkle::{MerkleTree, leaf_hash};
 use crate::receipt::Receipt;
 use crate::store::StoreError;
@@ -182,6 +182,62 @@ impl Line<MemoryStorage> {
         Line::from_parts(log, witness, None, 0, MemoryStorage::default())
     }
 
+    /// Reopens a line over storage that outlived its process (a simulated restart, or a
+    /// storage put back from a snapshot), the way the SQLite store's `Line::open` does: the
+    /// log and the witness are rebuilt from what is stored (entries that were only pending are
+    /// gone), and a recovery checkpoint is signed for entries stored after the last one.
+    /// Returns the line and, if such a checkpoint was signed, the offer to send.
+    pub fn reopen(
+        keys: LocalKeys,
+        peer_identity: VerifyingKey,
+        storage: MemoryStorage,
+        now_ms: u64,
+    ) -> Result<(Self, Option<Vec<u8>>), LineError> {
+        let channel = channel_id(keys.identity(), &peer_identity);
+        let mut checkpoints = storage.checkpoints.clone();
+        checkpoints.sort_by_key(SignedCheckpoint::size);
+        let cosigned = match storage.cosignatures.keys().next_back() {
+            Some(&size) => {
+                let cp = checkpoints
+                    .iter()
+                    .find(|c| c.size() == size)
+                    .ok_or_else(|| {
+                        StoreError::Corrupt(format!("cosignature for unknown checkpoint {size}"))
+                    })?;
+                Some((size, *cp.root()))
+            }
+            None => None,
+        };
+        let log = AuditLog::restore(
+            keys,
+            peer_identity,
+            RestoredLog {
+                leaf_hashes: storage.leaves.iter().map(|l| leaf_hash(l)).collect(),
+                last_signed: checkpoints.last().cloned(),
+                signed_sizes: checkpoints.iter().map(SignedCheckpoint::size).collect(),
+                cosigned,
+            },
+        )?;
+        let witness = Witness::new(
+            channel,
+            peer_identity,
+            storage.witnessed.last().map(|w| w.checkpoint.clone()),
+            storage
+                .witnessed
+                .iter()
+                .map(|w| (w.checkpoint.size(), *w.checkpoint.root())),
+        );
+        let peer_binding = storage.peer_binding.clone();
+        let receipted_upto = storage.receipted_upto;
+        let mut line = Line::from_parts(log, witness, peer_binding, receipted_upto, storage);
+        let offer = if line.log().needs_checkpoint() {
+            line.commit(now_ms)?
+        } else {
+            None
+        };
+        Ok((line, offer))
+    }
+
     /// Exports everything stored as a bundle.
     pub fn bundle(&self, now_ms: u64) -> Result<Bundle, DecodeError> {
         let n = self.storage().leaves.len() as u64;
@@ -227,5 +283,52 @@ impl Line<MemoryStorage> {
                 .iter()
                 .map(Vec::as_slice),
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+    use super::*;
+    use crate::keys::generate_signing_key;
+
+    #[test]
+    fn a_reopened_line_carries_on_from_what_was_stored() {
+        let (ia, ib) = (
+            generate_signing_key().unwrap(),
+            generate_signing_key().unwrap(),
+        );
+        let (log, wit) = (
+            generate_signing_key().unwrap(),
+            generate_signing_key().unwrap(),
+        );
+        let keys = || LocalKeys::from_identity(&ia, log.clone(), wit.clone()).unwrap();
+        let mut a = MemoryLine::in_memory(keys(), ib.verifying_key());
+        let mut b = MemoryLine::in_memory(LocalKeys::generate(&ib).unwrap(), ia.verifying_key());
+        a.append(Event::MsgAcked { seq: 1 }, 1);
+        let offer = a.commit(2).unwrap().unwrap();
+        for m in b.handle_message(&offer, 3).unwrap() {
+            a.handle_message(&m, 4).unwrap();
+        }
+        let cosigned = a.status().cosigned_by_peer;
+        assert!(cosigned > 0);
+        a.append(Event::MsgAcked { seq: 2 }, 5);
+        a.persist(6).unwrap();
+        a.append(Event::MsgAcked { seq: 3 }, 7); // only pending: lost with the process
+        let durable = a.log().durable_size();
+        // (a second after the last cosignature: bob cosigns at most once a second per peer when
+        // his own log has nothing new)
+        let (mut a, recovery) =
+            MemoryLine::reopen(keys(), ib.verifying_key(), a.storage().clone(), 2_000).unwrap();
+        assert_eq!(a.log().len(), durable);
+        assert_eq!(a.status().cosigned_by_peer, cosigned);
+        let recovery = recovery.expect("a checkpoint for the entries stored after the last one");
+        for m in b.handle_message(&recovery, 2_001).unwrap() {
+            a.handle_message(&m, 2_002).unwrap();
+        }
+        assert_eq!(a.status().cosigned_by_peer, durable);
+        let (ba, bb) = (a.bundle(2_003).unwrap(), b.bundle(2_003).unwrap());
+        crate::check(&[ba, bb]).unwrap();
     }
 }

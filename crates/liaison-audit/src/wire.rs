@@ -13,12 +13,14 @@
 //! *note* a signed checkpoint (≤ 4096 bytes); `n` ≤ 65 proof hashes; `leaf_len` ≤ 122. Messages
 //! are at most [`MAX_MESSAGE_LEN`] bytes, trailing bytes are refused.
 //!
-//! Flow: after each group commit the log owner sends `CheckpointOffer` (its new checkpoint and
-//! a consistency proof from `from_size`, the size the peer last cosigned, 0 for none). The peer's
-//! witness answers `Cosignature`, or `Resync` carrying the size and root it actually holds when
-//! `from_size` is not that size (the owner then re-offers with a proof from there). Once a
-//! cosignature arrives, the owner sends one `Receipt` per `msg_recv` entry the cosigned
-//! checkpoint newly covers.
+//! Flow: after each group commit that signed a checkpoint the log owner sends
+//! `CheckpointOffer` (its new checkpoint and a consistency proof from `from_size`, the size the
+//! peer last cosigned, 0 for none). The peer's witness answers `Cosignature` — at once, or
+//! for a new checkpoint offered within `COSIGN_INTERVAL_MS` of its last cosignature while it
+//! logged nothing else, up to that long later ([`crate::line`]) — or `Resync` carrying the size
+//! and root it actually holds when `from_size` is not that size (the owner then re-offers with a
+//! proof from there). Once a cosignature arrives, the owner sends one `Receipt` per `msg_recv`
+//! entry the cosigned checkpoint newly covers.
 
 use crate::Hash;
 use crate::checkpoint::SignedCheckpoint;

@@ -14,7 +14,7 @@ use common::{Party, T0, pump, send};
 use liaison_audit::check::check;
 use liaison_audit::entry::{AnomalyKind, Event, KeyEventKind, verify_opening};
 use liaison_audit::keys::LocalKeys;
-use liaison_audit::line::LineError;
+use liaison_audit::line::{COSIGN_INTERVAL_MS, LineError};
 use liaison_audit::mem::MemoryLine;
 use liaison_audit::wire::AuditMessage;
 use liaison_audit::witness::WitnessError;
@@ -126,10 +126,13 @@ fn witness_refuses_a_replayed_checkpoint() {
     let old_offer = a.commit(T0).unwrap().unwrap();
     b.handle_message(&old_offer, T0).unwrap();
     a.append(Event::MsgAcked { seq: 1 }, T0 + 1);
-    pump(&mut a, &mut b, T0 + 200);
+    // B logged nothing since its last cosignature: the next one is due an interval later.
+    pump(&mut a, &mut b, T0 + COSIGN_INTERVAL_MS);
     let before = b.witness().size();
     assert!(before > 1);
-    let err = b.handle_message(&old_offer, T0 + 300).unwrap_err();
+    let err = b
+        .handle_message(&old_offer, T0 + COSIGN_INTERVAL_MS + 100)
+        .unwrap_err();
     assert!(
         matches!(err, LineError::Witness(WitnessError::Replayed { offered: 1, held }) if held == before),
         "{err}"
@@ -214,6 +217,63 @@ fn witness_detects_a_fork_and_keeps_both_checkpoints() {
     assert!(
         matches!(err, LineError::Witness(WitnessError::Fork { .. })),
         "{err}"
+    );
+}
+
+/// Offers the rate bound holds back are still verified on arrival: a smaller one is covered by
+/// the larger one waiting, and two roots for one size are a fork, caught and stored at once.
+#[test]
+fn held_back_offers_keep_the_largest_and_catch_a_fork() {
+    let (pa, pb) = (Party::new(), Party::new());
+    let (mut a, mut b) = lines(&pa, &pb);
+    let mut twin = MemoryLine::in_memory(pa.keys(), pb.vk());
+    for l in [&mut a, &mut twin] {
+        l.append(Event::MsgAcked { seq: 1 }, T0);
+    }
+    let first = a.commit(T0).unwrap().unwrap();
+    assert_eq!(
+        twin.commit(T0).unwrap().unwrap(),
+        first,
+        "same entries, same checkpoint"
+    );
+    let cosig = b.handle_message(&first, T0).unwrap();
+    a.handle_message(&cosig[0], T0).unwrap();
+    twin.handle_message(&cosig[0], T0).unwrap();
+    let records = b.log().len();
+
+    // B logs nothing of its own: A's next two checkpoints within the interval are held back.
+    a.append(Event::MsgAcked { seq: 2 }, T0 + 10);
+    let two = a.commit(T0 + 10).unwrap().unwrap();
+    assert!(b.handle_message(&two, T0 + 10).unwrap().is_empty());
+    a.append(Event::MsgAcked { seq: 3 }, T0 + 20);
+    let three = a.commit(T0 + 20).unwrap().unwrap();
+    assert!(b.handle_message(&three, T0 + 20).unwrap().is_empty());
+    // The smaller one again: covered by the one waiting.
+    assert!(b.handle_message(&two, T0 + 30).unwrap().is_empty());
+    // The twin signs another root of that size on the same prefix: a fork of held-back offers.
+    twin.append(Event::MsgAcked { seq: 20 }, T0 + 10);
+    twin.append(Event::MsgAcked { seq: 30 }, T0 + 20);
+    let forked = twin.commit(T0 + 40).unwrap().unwrap();
+    let err = b.handle_message(&forked, T0 + 40).unwrap_err();
+    assert!(
+        matches!(err, LineError::Witness(WitnessError::Fork { .. })),
+        "{err}"
+    );
+    assert_eq!(b.storage().evidence().len(), 1);
+    assert_eq!(b.witness().size(), 1, "nothing cosigned meanwhile");
+    assert_eq!(b.log().len(), records + 1, "only the anomaly was logged");
+
+    // The anomaly is an entry of B's own: the largest honest offer is cosigned at once.
+    let cosig = b.handle_timeout(T0 + 41).unwrap();
+    assert_eq!(cosig.len(), 1);
+    let largest = a.status().checkpoint;
+    assert_eq!(b.witness().size(), largest);
+    a.handle_message(&cosig[0], T0 + 42).unwrap();
+    assert_eq!(a.status().cosigned_by_peer, largest);
+    let e = check(&[b.bundle(T0 + 50).unwrap()]).unwrap_err();
+    assert!(
+        matches!(e, liaison_audit::CheckError::Fork { bundle: 0, .. }),
+        "{e}"
     );
 }
 
@@ -334,8 +394,14 @@ fn lost_cosignature_is_recovered_by_resync() {
         panic!()
     };
     assert_eq!(o.from_size, 1);
-    let cosig = b.handle_message(&reoffer[0], T0 + 4).unwrap();
-    a.handle_message(&cosig[0], T0 + 5).unwrap();
+    // B logged nothing since its last cosignature: the offer is held back for an interval.
+    assert!(b.handle_message(&reoffer[0], T0 + 4).unwrap().is_empty());
+    assert!(b.handle_timeout(T0 + 5).unwrap().is_empty());
+    let due = b.poll_timeout().unwrap();
+    assert_eq!(due, T0 + COSIGN_INTERVAL_MS);
+    let cosig = b.handle_timeout(due).unwrap();
+    assert_eq!(b.poll_timeout(), None);
+    a.handle_message(&cosig[0], due + 1).unwrap();
     assert_eq!(a.status().cosigned_by_peer, 2);
 }
 

@@ -37,7 +37,7 @@ use liaison_wire::consts::{
     DATA_HEADER_LEN, HOP_HEADER_LEN, MAX_FRAGMENT, MAX_PLAINTEXT, NOISE_TAG_LEN,
 };
 use liaison_wire::frame::{Frame, FrameWriter, Frames};
-use liaison_wire::hop::{HopFrame, write_blob_header};
+use liaison_wire::hop::{BlobFrame, HopFrame, Route};
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
@@ -199,15 +199,14 @@ pub(crate) fn bulk_plaintext(src: &[u8], seq: u64, idx: u32) -> Vec<u8> {
 
 /// Seals `pt` into a new hop BLOB frame.
 fn seal_frame(line: &mut Line, pt: &[u8]) -> Result<Vec<u8>> {
-    let mut frame = Vec::with_capacity(FRAME_CAP);
-    write_blob_header(&mut frame, DATA_HEADER_LEN + pt.len() + NOISE_TAG_LEN);
+    let mut frame = BlobFrame::new(Route::Direct, FRAME_CAP);
     if line
-        .seal(Instant::now(), wall(), pt, true, &mut frame)
+        .seal(Instant::now(), wall(), pt, true, frame.buf())
         .is_err()
     {
         bail!("no session to seal on");
     }
-    Ok(frame)
+    Ok(frame.finish())
 }
 
 /// Opens one blob; returns the plaintext bytes and the MSG chunk bytes it carried.

@@ -458,7 +458,7 @@ fn credit_post(line: &mut Line, t: RelayTuning, got: u64, dst: &InboxId) -> Resu
         return Ok(Bytes::from(frame));
     }
     let mut w = FrameWriter::default();
-    w.ack(got);
+    w.ack(got, &[0; 16]);
     let pt = w.finish();
     Ok(Bytes::from(seal_post(line, dst, &pt, false)?))
 }
@@ -473,7 +473,7 @@ fn credit_value(line: &mut Line, t: RelayTuning, blob: &[u8], pt: &mut Vec<u8>) 
         bail!("a credit did not open: {:?}", line.poll_event());
     }
     for f in Frames::new(pt) {
-        if let Frame::Ack { delivered_upto } = f? {
+        if let Frame::Ack { delivered_upto, .. } = f? {
             return Ok(delivered_upto);
         }
     }

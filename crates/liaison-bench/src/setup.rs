@@ -10,7 +10,7 @@ use liaison_proto::inbox::InboxKeys;
 use liaison_proto::keys::{LocalKeys, NoiseSecret, PeerKeys, random_bytes};
 use liaison_proto::line::{Line, LineEvent, Received};
 use liaison_wire::consts::PROTOCOL_VERSION;
-use liaison_wire::hop::{HopFrame, write_blob_header};
+use liaison_wire::hop::{BlobFrame, HopFrame, Route};
 use quinn::{Connection, Endpoint};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -163,8 +163,7 @@ pub fn line_pair_with_inboxes() -> Result<((Line, InboxKeys), (Line, InboxKeys))
 fn drain_transmits(line: &mut Line, out: &mut Vec<u8>) {
     while let Some(ev) = line.poll_event() {
         if let LineEvent::Transmit(blob) = ev {
-            write_blob_header(out, blob.len());
-            out.extend_from_slice(&blob);
+            out.extend_from_slice(&BlobFrame::with_blob(Route::Direct, &blob));
         }
     }
 }

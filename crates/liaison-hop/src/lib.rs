@@ -122,7 +122,11 @@ impl HopLimits {
             .stream_receive_window(VarInt::from_u32(self.stream_window))
             .receive_window(VarInt::from_u32(self.connection_window))
             .send_window(u64::from(self.connection_window))
-            .datagram_receive_buffer_size(None);
+            .datagram_receive_buffer_size(None)
+            // BBR paces by measured bandwidth and round trip instead of halving its window at
+            // every loss: a line on a path that drops one packet in five still moves (CUBIC,
+            // quinn's default, collapses there) and its queues stay short
+            .congestion_controller_factory(Arc::new(quinn::congestion::BbrConfig::default()));
         Ok(t)
     }
 }
@@ -259,6 +263,56 @@ pub struct Hop {
     pub writer: HopWriter,
 }
 
+/// [`connect`], racing: while no attempt has finished, a further one starts every `every`
+/// (at most `max` in all), and the first to succeed wins (the others are dropped). A QUIC
+/// connection attempt begun during an outage retransmits its first packet with an exponential
+/// backoff; a fresh attempt probes at once, so the hop is back about a round trip after the
+/// path is. An error is returned once every attempt has failed.
+pub async fn connect_racing(
+    endpoint: &Endpoint,
+    addr: SocketAddr,
+    key: &HopKey,
+    server_spki: &[u8],
+    limits: &HopLimits,
+    every: Duration,
+    max: usize,
+) -> Result<Hop, HopError> {
+    let mut set = tokio::task::JoinSet::new();
+    let spawn = |set: &mut tokio::task::JoinSet<Result<Hop, HopError>>| {
+        let (endpoint, key, spki, limits) = (
+            endpoint.clone(),
+            key.clone(),
+            server_spki.to_vec(),
+            limits.clone(),
+        );
+        set.spawn(async move { connect(&endpoint, addr, &key, &spki, &limits).await });
+    };
+    spawn(&mut set);
+    let mut started = 1;
+    let mut last_err = None;
+    loop {
+        let next = tokio::time::sleep(every);
+        tokio::select! {
+            r = set.join_next() => match r {
+                Some(Ok(Ok(hop))) => {
+                    set.abort_all();
+                    return Ok(hop);
+                }
+                Some(Ok(Err(e))) => last_err = Some(e),
+                Some(Err(e)) => last_err = Some(HopError::Local(format!("connect task: {e}"))),
+                None => {}
+            },
+            _ = next, if started < max => {
+                spawn(&mut set);
+                started += 1;
+            }
+        }
+        if set.is_empty() {
+            return Err(last_err.unwrap_or(HopError::Timeout("connecting")));
+        }
+    }
+}
+
 /// Connects to a server pinned by `server_spki`, sends `HELLO` and waits for `READY`.
 pub async fn connect(
     endpoint: &Endpoint,
@@ -332,10 +386,20 @@ pub async fn accept_stream(
 }
 
 /// Reads hop frames from a QUIC stream into a reused buffer.
+///
+/// [`HopReader::next`] is cancel-safe: a frame half read when its future is dropped (a
+/// `select!` taking another branch) is completed by the next call, never lost, so the stream
+/// cannot fall out of step with its frames.
 #[derive(Debug)]
 pub struct HopReader {
     recv: RecvStream,
     buf: Vec<u8>,
+    len: [u8; 4],
+    /// Bytes of the current frame read so far: the length prefix, then the body.
+    got_len: usize,
+    got_body: usize,
+    /// The body's length, once the prefix is in.
+    body_len: Option<usize>,
 }
 
 impl HopReader {
@@ -344,21 +408,55 @@ impl HopReader {
         HopReader {
             recv,
             buf: Vec::new(),
+            len: [0; 4],
+            got_len: 0,
+            got_body: 0,
+            body_len: None,
         }
     }
 
     /// The next frame, or `None` at a clean end of stream (between frames).
     pub async fn next(&mut self) -> Result<Option<HopFrame<'_>>, HopError> {
-        let mut len = [0u8; 4];
-        match self.recv.read_exact(&mut len).await {
-            Ok(()) => {}
-            Err(quinn::ReadExactError::FinishedEarly(0)) => return Ok(None),
-            Err(e) => return Err(e.into()),
+        // `RecvStream::read` consumes nothing unless it returns data, and every position is
+        // kept in `self`: dropping this future at any await loses no byte
+        while self.body_len.is_none() {
+            let dst = self.len.get_mut(self.got_len..).unwrap_or_default();
+            match self.recv.read(dst).await {
+                Ok(Some(n)) => self.got_len += n,
+                Ok(None) if self.got_len == 0 => return Ok(None),
+                Ok(None) => {
+                    return Err(HopError::Read(quinn::ReadExactError::FinishedEarly(
+                        self.got_len,
+                    )));
+                }
+                Err(e) => return Err(HopError::Read(quinn::ReadExactError::ReadError(e))),
+            }
+            if self.got_len == 4 {
+                let n = hop::check_len(u32::from_le_bytes(self.len))?;
+                self.buf.resize(n, 0);
+                self.body_len = Some(n);
+                self.got_body = 0;
+            }
         }
-        let n = hop::check_len(u32::from_le_bytes(len))?;
-        self.buf.resize(n, 0);
-        self.recv.read_exact(&mut self.buf).await?;
-        Ok(Some(HopFrame::parse(&self.buf)?))
+        let n = self.body_len.unwrap_or(0);
+        while self.got_body < n {
+            let dst = self.buf.get_mut(self.got_body..n).unwrap_or_default();
+            match self.recv.read(dst).await {
+                Ok(Some(k)) => self.got_body += k,
+                Ok(None) => {
+                    return Err(HopError::Read(quinn::ReadExactError::FinishedEarly(
+                        self.got_body,
+                    )));
+                }
+                Err(e) => return Err(HopError::Read(quinn::ReadExactError::ReadError(e))),
+            }
+        }
+        self.got_len = 0;
+        self.got_body = 0;
+        self.body_len = None;
+        Ok(Some(HopFrame::parse(
+            self.buf.get(..n).unwrap_or_default(),
+        )?))
     }
 
     /// The underlying stream.
@@ -443,6 +541,23 @@ mod tests {
         }
     }
 
+    /// The QUIC error code a failed hop ended with (transport or application).
+    fn close_code(err: &HopError) -> Option<u64> {
+        let conn = match err {
+            HopError::Connection(c)
+            | HopError::Read(quinn::ReadExactError::ReadError(quinn::ReadError::ConnectionLost(
+                c,
+            )))
+            | HopError::Write(quinn::WriteError::ConnectionLost(c)) => c,
+            _ => return None,
+        };
+        match conn {
+            quinn::ConnectionError::TransportError(t) => Some(u64::from(t.code)),
+            quinn::ConnectionError::ConnectionClosed(c) => Some(u64::from(c.error_code)),
+            _ => None,
+        }
+    }
+
     async fn serve(endpoint: Endpoint, limits: HopLimits) {
         while let Some(inc) = accept_validated(&endpoint).await {
             let limits = limits.clone();
@@ -495,12 +610,28 @@ mod tests {
             .await
             .unwrap_err();
         assert!(err.is_tls_refusal(), "{err:?}");
+        // docs/protocol.md §5.4: CRYPTO_ERROR 0x100 + TLS alert 49 (access_denied), sent by
+        // the server
+        assert!(
+            matches!(
+                &err,
+                HopError::Read(quinn::ReadExactError::ReadError(
+                    quinn::ReadError::ConnectionLost(quinn::ConnectionError::ConnectionClosed(_))
+                )) | HopError::Write(quinn::WriteError::ConnectionLost(
+                    quinn::ConnectionError::ConnectionClosed(_)
+                )) | HopError::Connection(quinn::ConnectionError::ConnectionClosed(_))
+            ),
+            "{err:?}"
+        );
+        assert_eq!(close_code(&err), Some(0x131), "{err:?}");
 
         // a server that does not hold the pinned key is refused by the client
         let err = connect(&cep, addr, &client_key, &stranger.spki(), &limits)
             .await
             .unwrap_err();
         assert!(matches!(err, HopError::Connection(_)), "{err:?}");
+        // the client's own TLS stack aborts with the same alert
+        assert_eq!(close_code(&err), Some(0x131), "{err:?}");
     }
 
     #[test]

@@ -8,13 +8,16 @@
 //!   after a crash the same entry may be written again, which the checker accepts (same seq,
 //!   same commitment);
 //! - checkpoints are signed only over durable entries (the audit crate's rule), offered to the
-//!   peer in AUDIT frames after each commit and whenever a session comes up; the peer's
-//!   cosignatures and receipts come back the same way.
+//!   peer in AUDIT frames after each commit that signed one and whenever a session comes up;
+//!   the peer's cosignatures and receipts come back the same way. Records of cosignatures
+//!   sign no checkpoint of their own and cosigning is rate-bounded per peer (the audit crate's
+//!   `line` module), so an idle line goes quiet; every tick also releases a cosignature the
+//!   rate bound held back.
 //!
 //! Only the process holding the home lock runs this service, so one log is never signed by
 //! two processes (which would fork it).
 
-use crate::line_task::LineInput;
+use crate::line::LineInput;
 use crate::node::NodeEvent;
 use ed25519_dalek::{SigningKey, VerifyingKey};
 use liaison_audit::entry::{AnomalyKind, Event};
@@ -97,7 +100,14 @@ struct Open {
     log: LineAudit,
     line: mpsc::Sender<LineInput>,
     dirty: bool,
+    /// When a refused peer message was last shown to the user (at most once a minute: a peer
+    /// whose log forked offers the same checkpoint again and again).
+    reported: Option<Instant>,
 }
+
+/// Least time between two refused peer audit messages shown to the user, per line (all are
+/// logged; the audit log aggregates them per minute itself).
+const REPORT_EVERY: Duration = Duration::from_secs(60);
 
 impl Audit {
     /// Starts the thread for the audit store at `path`.
@@ -218,6 +228,12 @@ fn send_out(o: &Open, msgs: Vec<Vec<u8>>) {
 fn commit_all(lines: &mut HashMap<String, Open>) {
     let now = now_ms();
     for (contact, o) in lines.iter_mut() {
+        // a cosignature the audit crate's rate bound held back, once due (cheap otherwise);
+        // its record is stored with the witness state and calls for no checkpoint
+        match o.log.handle_timeout(now) {
+            Ok(msgs) => send_out(o, msgs),
+            Err(e) => tracing::warn!(contact = %contact, "audit: {e}"),
+        }
         if !o.dirty {
             continue;
         }
@@ -263,6 +279,7 @@ fn handle(
                         log,
                         line,
                         dirty: false,
+                        reported: None,
                     };
                     send_out(&o, recovery.into_iter().collect());
                     lines.insert(contact, o);
@@ -314,10 +331,14 @@ fn handle(
                     o.dirty = true;
                     if e.is_peer_fault() {
                         tracing::warn!(contact = %contact, "audit: {e}");
-                        let _ = events.send(NodeEvent::Anomaly {
-                            contact,
-                            kind: format!("audit: {e}"),
-                        });
+                        let quiet = o.reported.is_some_and(|t| t.elapsed() < REPORT_EVERY);
+                        if !quiet {
+                            o.reported = Some(Instant::now());
+                            let _ = events.send(NodeEvent::Anomaly {
+                                contact,
+                                kind: format!("audit: {e}"),
+                            });
+                        }
                     } else {
                         tracing::error!(contact = %contact, "audit: {e}");
                     }

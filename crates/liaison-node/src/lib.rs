@@ -6,7 +6,7 @@ pub mod audit;
 pub mod control;
 pub mod home;
 pub mod keyfile;
-pub mod line_task;
+pub mod line;
 pub mod node;
 pub mod relay_client;
 pub mod secrets;

@@ -12,7 +12,7 @@
 
 use crate::atrest::{self, DataKey, Direction};
 use crate::audit::{Audit, AuditKeys};
-use crate::line_task::{self, LineInput};
+use crate::line::{self, LineInput};
 use crate::relay_client::{self, RelayClient};
 use crate::secrets::NodeSecrets;
 use crate::store::{self, Db, DbError};
@@ -128,6 +128,34 @@ pub enum NodeEvent {
         /// Kind.
         kind: String,
     },
+    /// This home's store was rolled back (restored from a backup): the contact holds other
+    /// messages of ours under seqs up to `peer_holds`, so our pending messages got new seqs
+    /// (`[old, new]` pairs). Nothing was reported delivered that the contact lacks.
+    Renumbered {
+        /// Contact name.
+        contact: String,
+        /// The contact's receive high-water mark.
+        peer_holds: u64,
+        /// `[old seq, new seq]`.
+        moves: Vec<[u64; 2]>,
+    },
+    /// The contact's node lost messages it had acknowledged (its store was rolled back):
+    /// ours `from..=to` are pending again and sent again.
+    PeerLost {
+        /// Contact name.
+        contact: String,
+        /// First seq sent again.
+        from: u64,
+        /// Last seq sent again.
+        to: u64,
+    },
+    /// Something the user should know about a line (one line of text).
+    Notice {
+        /// Contact name.
+        contact: String,
+        /// What happened.
+        message: String,
+    },
 }
 
 /// A node-level failure.
@@ -205,6 +233,9 @@ pub(crate) struct Inner {
     pub(crate) relay_seeds: Vec<(String, liaison_proto::keys::Secret32)>,
     relays: Mutex<HashMap<String, RelayClient>>,
     pub(crate) mailbox: Mutex<MailboxRing>,
+    /// The mailbox key lines advertise: the ring's current key once it is durable (a key is
+    /// never advertised before it is stored, or a crash would lose what it opens).
+    advertised: Mutex<Option<liaison_wire::card::MailboxKeyPub>>,
     pub(crate) audit: Audit,
     server: Mutex<Option<Endpoint>>,
     client: Mutex<Option<Endpoint>>,
@@ -278,6 +309,7 @@ impl Node {
                 relay_seeds: secrets.relays,
                 relays: Mutex::new(HashMap::new()),
                 mailbox: Mutex::new(ring),
+                advertised: Mutex::new(None),
                 audit,
                 server: Mutex::new(None),
                 client: Mutex::new(None),
@@ -285,33 +317,92 @@ impl Node {
                 next_hop: AtomicU64::new(1),
             }),
         };
+        // the first rotation is done before any line starts, so lines advertise a fresh key
+        if let Some(bytes) = node.rotate_mailbox_ring() {
+            match atrest::seal_body(&node.inner.data_key, MAILBOX_RING_AAD, &bytes) {
+                Ok(sealed) => {
+                    if let Err(e) = node
+                        .inner
+                        .db
+                        .write_blocking(move |c| store::meta_set(c, MAILBOX_RING_KEY, &sealed))
+                    {
+                        tracing::warn!("cannot store mailbox keys: {e}");
+                    } else {
+                        node.advertise_current_key();
+                    }
+                }
+                Err(e) => tracing::warn!("cannot seal mailbox keys: {e}"),
+            }
+        } else {
+            node.advertise_current_key();
+        }
         node.start_mailbox_rotation();
+        node.watch_contacts();
         Ok(node)
     }
 
-    /// Keeps the mailbox ring fresh: a new key daily, expired ones erased, persisted sealed.
+    /// Contacts pinned or changed by other commands while we run take effect within seconds
+    /// (at once when the command tells a running listener through its control socket).
+    fn watch_contacts(&self) {
+        let node = self.clone();
+        self.inner.tracker.spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = node.inner.shutdown.cancelled() => break,
+                    _ = tokio::time::sleep(CONTACT_POLL) => {
+                        if let Err(e) = node.refresh_contacts().await {
+                            tracing::warn!("cannot refresh contacts: {e}");
+                        }
+                    }
+                }
+            }
+        });
+    }
+
+    /// Rotates and prunes the mailbox ring; the storage form when it changed.
+    fn rotate_mailbox_ring(&self) -> Option<zeroize::Zeroizing<Vec<u8>>> {
+        let now = unix_now();
+        let mut ring = self.inner.mailbox.lock().ok()?;
+        let rotated = ring
+            .rotate(self.inner.identity.signing_key(), now)
+            .map(|k| k.is_some())
+            .unwrap_or(false);
+        let pruned = !ring.prune(now).is_empty();
+        if rotated || pruned {
+            ring.to_bytes().ok()
+        } else {
+            None
+        }
+    }
+
+    /// The ring's current key becomes the one lines advertise (call once it is durable).
+    fn advertise_current_key(&self) {
+        let key = self
+            .inner
+            .mailbox
+            .lock()
+            .ok()
+            .map(|r| r.current_for_peers(unix_now()).clone());
+        if let (Some(k), Ok(mut a)) = (key, self.inner.advertised.lock()) {
+            *a = Some(k);
+        }
+    }
+
+    /// Keeps the mailbox ring fresh: a new key daily, expired ones erased, persisted sealed
+    /// before the new key is advertised.
     fn start_mailbox_rotation(&self) {
         let node = self.clone();
         self.inner.tracker.spawn(async move {
             loop {
-                let now = unix_now();
-                let changed = {
-                    let Ok(mut ring) = node.inner.mailbox.lock() else {
-                        return;
-                    };
-                    let rotated = ring
-                        .rotate(node.inner.identity.signing_key(), now)
-                        .map(|k| k.is_some())
-                        .unwrap_or(false);
-                    let pruned = !ring.prune(now).is_empty();
-                    rotated || pruned
-                };
-                if changed && let Err(e) = node.save_mailbox_ring().await {
-                    tracing::warn!("cannot store mailbox keys: {e}");
-                }
                 tokio::select! {
                     _ = node.inner.shutdown.cancelled() => return,
                     _ = tokio::time::sleep(Duration::from_secs(3600)) => {}
+                }
+                if node.rotate_mailbox_ring().is_some() {
+                    match node.save_mailbox_ring().await {
+                        Ok(()) => node.advertise_current_key(),
+                        Err(e) => tracing::warn!("cannot store mailbox keys: {e}"),
+                    }
                 }
             }
         });
@@ -342,11 +433,15 @@ impl Node {
 
     /// Our mailbox key to advertise to peers now (message 2 payloads, MBOX_KEY frames).
     pub fn current_mailbox_key(&self) -> Option<liaison_wire::card::MailboxKeyPub> {
-        self.inner
-            .mailbox
-            .lock()
-            .ok()
-            .map(|r| r.current_for_peers(unix_now()).clone())
+        let advertised = self.inner.advertised.lock().ok().and_then(|a| a.clone());
+        advertised.or_else(|| {
+            // nothing durable beyond the card's key yet
+            self.inner
+                .mailbox
+                .lock()
+                .ok()
+                .map(|r| r.card_key().public().clone())
+        })
     }
 
     /// Starts (once) the client of pinned relay `name`, and the lines of every contact that
@@ -470,24 +565,81 @@ impl Node {
         self.inner
             .tracker
             .spawn(async move { node.accept_loop(endpoint).await });
-        let node = self.clone();
-        self.inner.tracker.spawn(async move {
-            // contacts pinned by other commands while we run become callable within seconds
-            loop {
-                tokio::select! {
-                    _ = node.inner.shutdown.cancelled() => break,
-                    _ = tokio::time::sleep(Duration::from_secs(2)) => {
-                        if let Err(e) = node.refresh_pins().await {
-                            tracing::warn!("cannot refresh pinned keys: {e}");
-                        }
-                    }
-                }
-            }
-        });
         Ok(bound)
     }
 
-    async fn refresh_pins(&self) -> Result<(), NodeError> {
+    /// Re-reads the contacts: the listener's pinned keys, and every running line whose
+    /// contact changed (`contact pair`, `contact set`, `contact add --replace`, `contact
+    /// remove` by another command) gets the new row at once.
+    async fn refresh_contacts(&self) -> Result<(), NodeError> {
+        let rows = self.refresh_pins().await?;
+        let lines: Vec<(String, mpsc::Sender<LineInput>)> = self
+            .inner
+            .lines
+            .lock()
+            .map(|l| l.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+            .unwrap_or_default();
+        for (name, tx) in lines {
+            match rows.iter().find(|r| r.name == name) {
+                Some(row) => {
+                    let _ = tx
+                        .send(LineInput::ContactChanged(Box::new(row.clone()), None))
+                        .await;
+                }
+                None => self.stop_line(&name).await,
+            }
+        }
+        Ok(())
+    }
+
+    /// Applies a change of contact `name` made by another command to its running line now,
+    /// and returns once it is applied (the control socket's `contact_changed`).
+    pub async fn contact_changed(&self, name: &str) -> Result<(), NodeError> {
+        let n = name.to_string();
+        let row = self.inner.db.write(move |c| store::contact(c, &n)).await?;
+        self.refresh_pins().await?;
+        let tx = self
+            .inner
+            .lines
+            .lock()
+            .ok()
+            .and_then(|l| l.get(name).cloned());
+        let Some(tx) = tx else {
+            return Ok(());
+        };
+        match row {
+            Some(row) => {
+                let (done, wait) = oneshot::channel();
+                if tx
+                    .send(LineInput::ContactChanged(Box::new(row), Some(done)))
+                    .await
+                    .is_ok()
+                {
+                    let _ = tokio::time::timeout(Duration::from_secs(5), wait).await;
+                }
+            }
+            None => self.stop_line(name).await,
+        }
+        Ok(())
+    }
+
+    /// A contact was removed: its line says goodbye and stops.
+    async fn stop_line(&self, name: &str) {
+        let tx = self
+            .inner
+            .lines
+            .lock()
+            .ok()
+            .and_then(|mut l| l.remove(name));
+        if let Some(tx) = tx {
+            let (done, wait) = oneshot::channel();
+            if tx.send(LineInput::Bye(done)).await.is_ok() {
+                let _ = tokio::time::timeout(CLOSE_GRACE, wait).await;
+            }
+        }
+    }
+
+    async fn refresh_pins(&self) -> Result<Vec<store::ContactRow>, NodeError> {
         let path = self.inner.db_path.clone();
         let rows = tokio::task::spawn_blocking(move || {
             let conn = store::open_read_only(&path)?;
@@ -502,7 +654,7 @@ impl Node {
         if let Ok(mut s) = self.inner.pins.spkis.write() {
             *s = set;
         }
-        Ok(())
+        Ok(rows)
     }
 
     /// Starts line tasks for every contact with unacknowledged messages, so they are
@@ -543,20 +695,49 @@ impl Node {
             .write(move |c| store::contact(c, &name))
             .await?
             .ok_or_else(|| NodeError::UnknownContact(contact.to_string()))?;
-        let unacked = {
+        let (unacked, posted) = {
             let name = contact.to_string();
             self.inner
                 .db
-                .write(move |c| store::outbox_unacked(c, &name))
+                .write(move |c| {
+                    Ok((
+                        store::outbox_unacked(c, &name)?,
+                        store::envelopes(c, &name)?,
+                    ))
+                })
                 .await?
         };
-        let ahead = {
+        let (delivered_digest, ahead) = {
             let name = contact.to_string();
             let d = row.delivered_upto;
-            self.inner
+            let rows = self
+                .inner
                 .db
-                .write(move |c| store::inbox_ahead(c, &name, d))
-                .await?
+                .write(move |c| {
+                    let mut rows = Vec::new();
+                    if let Some(r) = store::inbox_get(c, &name, d)? {
+                        rows.push(r);
+                    }
+                    for s in store::inbox_ahead(c, &name, d)? {
+                        if let Some(r) = store::inbox_get(c, &name, s)? {
+                            rows.push(r);
+                        }
+                    }
+                    Ok(rows)
+                })
+                .await?;
+            // what our ACKs name: the digest of each stored message at and above the mark
+            let mut digest = [0u8; 16];
+            let mut ahead = Vec::new();
+            for r in rows {
+                let dg = line::received_digest(self, contact, r.seq, &r.body)?;
+                if r.seq == d {
+                    digest = dg;
+                } else {
+                    ahead.push((r.seq, dg));
+                }
+            }
+            (digest, ahead)
         };
         let mut lines = self
             .inner
@@ -571,7 +752,13 @@ impl Node {
         let (tx, rx) = mpsc::channel(1024);
         // opened before anything of this line is appended (the audit queue is in order)
         self.inner.audit.open(contact, row.identity, tx.clone());
-        let task = line_task::LineTask::new(self.clone(), row, unacked, ahead, tx.clone(), rx)?;
+        let stored = line::StoredLine {
+            unacked,
+            stored_ahead: ahead,
+            delivered_digest,
+            posted,
+        };
+        let task = line::LineTask::new(self.clone(), row, stored, tx.clone(), rx)?;
         self.inner.tracker.spawn(task.run());
         lines.insert(contact.to_string(), tx.clone());
         Ok(tx)
@@ -729,12 +916,16 @@ impl Node {
             .client_endpoint_for(target)
             .map_err(|e| liaison_hop::HopError::Local(e.to_string()))?;
         let spki = liaison_hop::ed25519_spki(&hop_pub);
-        let hop = liaison_hop::connect(
+        // a fresh attempt joins every second while none succeeded: an attempt begun during a
+        // cut backs its retransmissions off, a new one probes at once
+        let hop = liaison_hop::connect_racing(
             &endpoint,
             target,
             &self.inner.hop_key,
             &spki,
             &self.inner.limits,
+            crate::relay_client::RACE_EVERY,
+            crate::relay_client::RACE_MAX,
         )
         .await?;
         self.attach(hop.conn, hop.reader, hop.writer, line).await;
@@ -832,7 +1023,7 @@ impl Node {
             .send(LineInput::HopUp {
                 hop: id,
                 tx: wtx,
-                kind: crate::line_task::HopKind::Direct,
+                kind: liaison_proto::conn::PathKind::Direct,
             })
             .await;
     }
@@ -944,6 +1135,10 @@ pub const AUDIT_DB: &str = "audit.db";
 /// How long shutdown waits for goodbyes to be queued, and then for a hop's queued frames to
 /// be acknowledged by the peer, before closing the connection anyway.
 pub(crate) const CLOSE_GRACE: Duration = Duration::from_millis(500);
+
+/// How often a listening node re-reads its contacts (pins, and changes for running lines);
+/// commands that change a contact also tell a running listener at once.
+const CONTACT_POLL: Duration = Duration::from_secs(2);
 
 const MAILBOX_RING_KEY: &str = "mailbox_ring";
 const MAILBOX_RING_AAD: &[u8] = b"liaison/1 mailbox-ring";

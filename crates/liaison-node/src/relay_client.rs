@@ -9,17 +9,25 @@
 //! frames on the shared connection. `DELIVER`s go to the line owning the inbox; `ERR` and
 //! `ACK` answers go to the line that posted (by `SHA-256(blob)[..16]`).
 
-use crate::line_task::{HopKind, LineInput};
+use crate::line::LineInput;
 use crate::node::Node;
 use crate::store::RelayRow;
 use liaison_hop::HopKey;
-use liaison_wire::consts::{ENVELOPE_ID_LEN, HOP_HEADER_LEN, INBOX_ID_LEN, MAX_SUBSCRIBE_INBOXES};
-use liaison_wire::hop::{HopFrame, InboxId, err as hop_err, ty as hop_ty};
+use liaison_proto::conn::PathKind;
+use liaison_wire::consts::{ENVELOPE_ID_LEN, INBOX_ID_LEN, MAX_SUBSCRIBE_INBOXES};
+use liaison_wire::hop::{HopFrame, InboxId, err as hop_err};
 use sha2::{Digest, Sha256};
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::mpsc;
+
+/// A connection attempt (to a relay, or a direct dial) not done within this long is joined by a
+/// fresh one (see `liaison_hop::connect_racing`), at most [`RACE_MAX`] in all: a connection
+/// attempt through an outage backs off, so the hop is back about a round trip after the path
+/// is, whenever that is within the 12 s the attempts cover.
+pub(crate) const RACE_EVERY: Duration = Duration::from_secs(1);
+pub(crate) const RACE_MAX: usize = 12;
 
 /// Posts whose answer we route back, at most this many remembered.
 const PENDING_CAP: usize = 8192;
@@ -41,6 +49,87 @@ pub struct Registration {
 #[derive(Debug)]
 pub(crate) enum RelayCmd {
     Register(Registration),
+    /// A line finds the connection `hop` silent: check it now (an echo through the relay),
+    /// and replace it with a fresh one if the echo does not come back.
+    Probe {
+        hop: u64,
+    },
+}
+
+/// A relay connection in use is checked by an echo through the relay (a live `POST` to an
+/// inbox of its own, which the relay forwards back) once nothing arrived for this long.
+const PROBE_AFTER: Duration = Duration::from_secs(1);
+/// An echo not back within this long means the connection is stalled (a QUIC connection
+/// through a cut backs its probes off exponentially): it is replaced with a fresh one. Long
+/// enough for a few QUIC retransmissions on a lossy path (a false alarm costs a reconnect).
+const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Echoes are sent only while the connection carried line traffic this recently, so an idle
+/// relay connection costs nothing but QUIC's keep-alive.
+const PROBE_WHILE_USED: Duration = Duration::from_secs(30);
+
+/// The liveness check of one relay connection (see [`PROBE_AFTER`]).
+struct Liveness {
+    echo: InboxId,
+    start: std::time::Instant,
+    /// Milliseconds since `start` of the last line frame written (set by the writer task).
+    last_write: Arc<std::sync::atomic::AtomicU64>,
+    last_rx: std::time::Instant,
+    last_line_rx: std::time::Instant,
+    probe: Option<std::time::Instant>,
+    forced: bool,
+}
+
+impl Liveness {
+    fn new() -> Liveness {
+        let now = std::time::Instant::now();
+        Liveness {
+            echo: liaison_proto::keys::random_bytes().unwrap_or([0x5a; INBOX_ID_LEN]),
+            start: now,
+            last_write: Arc::new(std::sync::atomic::AtomicU64::new(0)),
+            last_rx: now,
+            last_line_rx: now,
+            probe: None,
+            forced: false,
+        }
+    }
+
+    fn in_use(&self, now: std::time::Instant) -> bool {
+        let wrote = self.start
+            + Duration::from_millis(self.last_write.load(std::sync::atomic::Ordering::Relaxed));
+        now.saturating_duration_since(wrote.max(self.last_line_rx)) <= PROBE_WHILE_USED
+    }
+
+    /// What the periodic check decides: `Some(true)` replace the connection, `Some(false)`
+    /// send an echo, `None` nothing.
+    fn check(&mut self, now: std::time::Instant) -> Option<bool> {
+        if let Some(sent) = self.probe {
+            return (now.saturating_duration_since(sent) >= PROBE_TIMEOUT).then_some(true);
+        }
+        let quiet = now.saturating_duration_since(self.last_rx) >= PROBE_AFTER;
+        if self.forced || (quiet && self.in_use(now)) {
+            self.forced = false;
+            self.probe = Some(now);
+            return Some(false);
+        }
+        None
+    }
+
+    /// An echo: a live `POST` to our own inbox, sized like a keepalive DATA blob.
+    fn echo_frame(&self) -> Vec<u8> {
+        let mut blob = vec![liaison_wire::consts::BLOB_DATA];
+        blob.extend(
+            liaison_proto::keys::random_bytes::<
+                { liaison_wire::consts::DATA_HEADER_LEN - 1 + 64 + 16 },
+            >()
+            .unwrap_or([0; liaison_wire::consts::DATA_HEADER_LEN - 1 + 64 + 16]),
+        );
+        HopFrame::Post {
+            dst: self.echo,
+            store: false,
+            blob: &blob,
+        }
+        .to_vec()
+    }
 }
 
 /// Handle to a relay client task.
@@ -61,6 +150,18 @@ pub struct RelayState {
 }
 
 impl RelayClient {
+    /// True if both handles drive the same relay client.
+    pub(crate) fn same_as(&self, other: &RelayClient) -> bool {
+        self.tx.same_channel(&other.tx)
+    }
+
+    /// A line found connection `hop` silent: check it at once, and replace it with a fresh
+    /// one if the check fails. A new QUIC connection starts without the probe backoff a long
+    /// cut leaves behind.
+    pub(crate) fn probe(&self, hop: u64) {
+        let _ = self.tx.try_send(RelayCmd::Probe { hop });
+    }
+
     pub(crate) async fn register(&self, r: Registration) -> bool {
         self.tx.send(RelayCmd::Register(r)).await.is_ok()
     }
@@ -102,8 +203,12 @@ impl Pending {
 #[derive(Default)]
 struct Routes {
     by_send: HashMap<InboxId, String>,
+    send_order: VecDeque<(String, InboxId)>,
     pending: Pending,
 }
+
+/// Send inbox ids remembered per contact (today's and the previous ones).
+const SEND_IDS_KEPT: usize = 3;
 
 struct Reg {
     line: mpsc::Sender<LineInput>,
@@ -165,7 +270,9 @@ async fn run(
                 }
             };
             let limits = node.inner.limits.clone();
-            let attempt = liaison_hop::connect(&endpoint, target, &key, &spki, &limits);
+            let attempt = liaison_hop::connect_racing(
+                &endpoint, target, &key, &spki, &limits, RACE_EVERY, RACE_MAX,
+            );
             let r = tokio::select! {
                 _ = token.cancelled() => return,
                 r = attempt => r,
@@ -200,8 +307,10 @@ async fn run(
                         tracing::info!(relay = %name, "{error}");
                     }
                     // lines that asked for this relay while we were connecting hear it too
-                    while let Ok(RelayCmd::Register(r)) = cmds.try_recv() {
-                        add_reg(&mut regs, &routes, r);
+                    while let Ok(cmd) = cmds.try_recv() {
+                        if let RelayCmd::Register(r) = cmd {
+                            add_reg(&mut regs, &routes, r);
+                        }
                     }
                     // Reported as an event, not as a `DialDone` to the lines: that input is
                     // the state of a line's own direct dial (in flight, backoff), which a
@@ -232,6 +341,9 @@ async fn run(
         let (wtx, mut wrx) = mpsc::channel::<Vec<u8>>(256);
         let wroutes = routes.clone();
         let wtoken = token.clone();
+        let mut live = Liveness::new();
+        let last_write = live.last_write.clone();
+        let live_start = live.start;
         let mut writer_task = node.inner.tracker.spawn(async move {
             loop {
                 let frame = tokio::select! {
@@ -242,7 +354,12 @@ async fn run(
                     }
                     f = wrx.recv() => match f { Some(f) => f, None => break },
                 };
-                remember_post(&wroutes, &frame);
+                if remember_post(&wroutes, &frame) {
+                    last_write.store(
+                        live_start.elapsed().as_millis() as u64,
+                        std::sync::atomic::Ordering::Relaxed,
+                    );
+                }
                 if writer.send_encoded(&frame).await.is_err() {
                     break;
                 }
@@ -250,7 +367,8 @@ async fn run(
             writer.finish();
         });
         // subscribe everything and give each line its relay hop
-        let all: Vec<InboxId> = regs.values().flat_map(|r| r.recv.iter().copied()).collect();
+        let mut all: Vec<InboxId> = regs.values().flat_map(|r| r.recv.iter().copied()).collect();
+        all.push(live.echo);
         for f in subscribe_frames(&all) {
             let _ = wtx.send(f).await;
         }
@@ -264,30 +382,53 @@ async fn run(
                 .send(LineInput::HopUp {
                     hop: hop_id,
                     tx: wtx.clone(),
-                    kind: HopKind::Relay {
-                        dst: reg.send,
-                        relay: relay_id,
-                    },
+                    kind: PathKind::Relay { relay: relay_id },
                 })
                 .await;
         }
         // serve until the connection ends
+        let mut replaced = false;
+        let mut tick = tokio::time::interval(Duration::from_millis(500));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
+                _ = tick.tick() => {
+                    match live.check(std::time::Instant::now()) {
+                        Some(true) => {
+                            tracing::info!(relay = %name, "no echo through the relay in {PROBE_TIMEOUT:?}: replacing the connection");
+                            replaced = true;
+                            conn.close(quinn::VarInt::from_u32(crate::node::close_code::BYE), b"");
+                            break;
+                        }
+                        Some(false) => {
+                            let _ = wtx.try_send(live.echo_frame());
+                        }
+                        None => {}
+                    }
+                }
                 _ = token.cancelled() => {
                     let _ = tokio::time::timeout(crate::node::CLOSE_GRACE, &mut writer_task).await;
                     conn.close(quinn::VarInt::from_u32(crate::node::close_code::SHUTDOWN), b"");
                     return;
                 }
                 c = cmds.recv() => {
-                    let Some(RelayCmd::Register(r)) = c else { return };
+                    let r = match c {
+                        Some(RelayCmd::Register(r)) => r,
+                        Some(RelayCmd::Probe { hop }) => {
+                            if hop == hop_id && live.probe.is_none() {
+                                live.forced = true;
+                            }
+                            continue;
+                        }
+                        None => return,
+                    };
                     for f in subscribe_frames(&r.recv) {
                         let _ = wtx.send(f).await;
                     }
                     let _ = r.line.send(LineInput::HopUp {
                         hop: hop_id,
                         tx: wtx.clone(),
-                        kind: HopKind::Relay { dst: r.send, relay: relay_id },
+                        kind: PathKind::Relay { relay: relay_id },
                     }).await;
                     add_reg(&mut regs, &routes, r);
                     state.send_replace(RelayState {
@@ -296,8 +437,16 @@ async fn run(
                     });
                 }
                 f = reader.next() => {
+                    live.last_rx = std::time::Instant::now();
                     match f {
+                        Ok(Some(HopFrame::Deliver { inbox, .. })) if inbox == live.echo => {
+                            // our echo came back: the connection works both ways
+                            live.probe = None;
+                        }
                         Ok(Some(frame)) => {
+                            if matches!(frame, HopFrame::Deliver { .. }) {
+                                live.last_line_rx = live.last_rx;
+                            }
                             if !route(&name, frame, &regs, &routes, hop_id).await {
                                 conn.close(quinn::VarInt::from_u32(crate::node::close_code::MISBEHAVING), b"");
                                 break;
@@ -321,6 +470,10 @@ async fn run(
         for reg in regs.values() {
             let _ = reg.line.send(LineInput::HopDown { hop: hop_id }).await;
         }
+        if replaced {
+            backoff = BACKOFF_MIN;
+            continue;
+        }
         if !wait_or_register(&token, &mut cmds, &mut regs, &routes, backoff).await {
             return;
         }
@@ -329,8 +482,21 @@ async fn run(
 
 fn add_reg(regs: &mut HashMap<String, Reg>, routes: &Arc<Mutex<Routes>>, r: Registration) {
     if let Ok(mut rt) = routes.lock() {
-        rt.by_send.retain(|_, c| *c != r.contact);
-        rt.by_send.insert(r.send, r.contact.clone());
+        // ids roll over daily: answers to posts made under the previous ones still route
+        if rt.by_send.insert(r.send, r.contact.clone()).is_none() {
+            rt.send_order.push_back((r.contact.clone(), r.send));
+            let mine = rt
+                .send_order
+                .iter()
+                .filter(|(c, _)| *c == r.contact)
+                .count();
+            if mine > SEND_IDS_KEPT
+                && let Some(pos) = rt.send_order.iter().position(|(c, _)| *c == r.contact)
+                && let Some((_, old)) = rt.send_order.remove(pos)
+            {
+                rt.by_send.remove(&old);
+            }
+        }
     }
     let entry = regs.entry(r.contact).or_insert(Reg {
         line: r.line.clone(),
@@ -397,41 +563,32 @@ async fn wait_or_register(
             _ = &mut sleep => return true,
             c = cmds.recv() => match c {
                 Some(RelayCmd::Register(r)) => add_reg(regs, routes, r),
+                // not connected: nothing to check
+                Some(RelayCmd::Probe { .. }) => {}
                 None => return false,
             }
         }
     }
 }
 
-/// Remembers which contact a POST belongs to, so the relay's answer reaches its line.
-fn remember_post(routes: &Arc<Mutex<Routes>>, frame: &[u8]) {
-    if frame.get(HOP_HEADER_LEN - 1) != Some(&hop_ty::POST) {
-        return;
-    }
-    let Some(dst) = frame
-        .get(HOP_HEADER_LEN..HOP_HEADER_LEN + INBOX_ID_LEN)
-        .and_then(|d| <[u8; INBOX_ID_LEN]>::try_from(d).ok())
-    else {
-        return;
+/// Remembers which contact a POST belongs to, so the relay's answer reaches its line; true
+/// for a line's POST.
+fn remember_post(routes: &Arc<Mutex<Routes>>, frame: &[u8]) -> bool {
+    let Some(Ok(HopFrame::Post { dst, store, blob })) = frame.get(4..).map(HopFrame::parse) else {
+        return false;
     };
-    let store = frame.get(HOP_HEADER_LEN + INBOX_ID_LEN) == Some(&1);
-    let Some(blob) = frame.get(HOP_HEADER_LEN + INBOX_ID_LEN + 1..) else {
-        return;
+    let Ok(mut rt) = routes.lock() else {
+        return true;
     };
-    if !store && blob.len() >= REMEMBER_LIVE_BELOW {
-        return;
-    }
-    let id: [u8; ENVELOPE_ID_LEN] = {
-        let h = Sha256::digest(blob);
-        let mut id = [0u8; ENVELOPE_ID_LEN];
-        id.copy_from_slice(h.get(..ENVELOPE_ID_LEN).unwrap_or(&[0; ENVELOPE_ID_LEN]));
-        id
+    let Some(contact) = rt.by_send.get(&dst).cloned() else {
+        // not a line's post (our own echo)
+        return false;
     };
-    if let Ok(mut rt) = routes.lock()
-        && let Some(contact) = rt.by_send.get(&dst).cloned()
-    {
-        rt.pending.insert(id, contact);
+    if store || blob.len() < REMEMBER_LIVE_BELOW {
+        rt.pending
+            .insert(liaison_wire::hop::envelope_id(blob), contact);
     }
+    true
 }
 
 /// Routes one frame from the relay; false on a protocol violation.
@@ -476,7 +633,11 @@ async fn route(
             if let Some(reg) = contact.as_ref().and_then(|c| regs.get(c)) {
                 let _ = reg
                     .line
-                    .send(LineInput::RelayError { code, reference })
+                    .send(LineInput::RelayError {
+                        hop: hop_id,
+                        code,
+                        reference,
+                    })
                     .await;
             } else if code != hop_err::NO_SUBSCRIBER {
                 tracing::info!(relay, "relay error: {}", hop_err::name(code));
@@ -492,6 +653,7 @@ async fn route(
                 let _ = reg
                     .line
                     .send(LineInput::EnvelopeStored {
+                        hop: hop_id,
                         reference: envelope_id,
                     })
                     .await;

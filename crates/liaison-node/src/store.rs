@@ -10,6 +10,7 @@
 //! Message bodies are stored sealed under the home's data key (see `atrest`); the store
 //! never sees plaintext.
 
+use liaison_wire::consts::ENVELOPE_ID_LEN;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 use std::path::Path;
 use std::sync::mpsc as std_mpsc;
@@ -85,6 +86,16 @@ CREATE TABLE IF NOT EXISTS outbox_body (
     PRIMARY KEY (contact, seq)
 );
 CREATE INDEX IF NOT EXISTS outbox_status ON outbox (status);
+CREATE TABLE IF NOT EXISTS outbox_envelope (
+    contact TEXT NOT NULL,
+    id BLOB NOT NULL,
+    blob BLOB NOT NULL,
+    seqs BLOB NOT NULL,
+    completes BLOB NOT NULL,
+    key_not_after INTEGER NOT NULL,
+    card_key INTEGER NOT NULL,
+    PRIMARY KEY (contact, id)
+);
 CREATE TABLE IF NOT EXISTS inbox (
     contact TEXT NOT NULL,
     seq INTEGER NOT NULL,
@@ -441,6 +452,7 @@ pub fn add_contact(
 pub fn remove_contact(conn: &Connection, name: &str) -> Result<bool, DbError> {
     conn.execute("DELETE FROM outbox WHERE contact = ?1", [name])?;
     conn.execute("DELETE FROM outbox_body WHERE contact = ?1", [name])?;
+    conn.execute("DELETE FROM outbox_envelope WHERE contact = ?1", [name])?;
     conn.execute("DELETE FROM inbox WHERE contact = ?1", [name])?;
     Ok(conn.execute("DELETE FROM contacts WHERE name = ?1", [name])? > 0)
 }
@@ -709,6 +721,158 @@ pub fn outbox_acked(
         params![contact, i(upto)],
     )?;
     Ok(seqs)
+}
+
+/// The sealed body of outbox entry `seq`.
+pub fn outbox_body(conn: &Connection, contact: &str, seq: u64) -> Result<Option<Vec<u8>>, DbError> {
+    Ok(conn
+        .query_row(
+            "SELECT body FROM outbox_body WHERE contact = ?1 AND seq = ?2",
+            params![contact, i(seq)],
+            |r| r.get(0),
+        )
+        .optional()?)
+}
+
+/// Moves pending outbox entries to new seqs after a rollback of this store was detected:
+/// each `(old, new, body sealed for new)`; `acked_upto` rises to `peer_holds` and `next_seq`
+/// past the last new seq. Call inside one transaction (the writer's `write`).
+pub fn outbox_renumber(
+    conn: &Connection,
+    contact: &str,
+    moves: &[(u64, u64, Vec<u8>)],
+    peer_holds: u64,
+) -> Result<(), DbError> {
+    // new seqs are all above every old one: no collision whatever the order
+    for (old, new, body) in moves {
+        conn.execute(
+            "UPDATE outbox SET seq = ?3 WHERE contact = ?1 AND seq = ?2",
+            params![contact, i(*old), i(*new)],
+        )?;
+        conn.execute(
+            "UPDATE outbox_body SET seq = ?3, body = ?4 WHERE contact = ?1 AND seq = ?2",
+            params![contact, i(*old), i(*new), body],
+        )?;
+    }
+    let next = moves.iter().map(|m| m.1).max().unwrap_or(0).max(peer_holds);
+    conn.execute(
+        "UPDATE contacts SET acked_upto = MAX(acked_upto, ?2), next_seq = MAX(next_seq, ?3) \
+         WHERE name = ?1",
+        params![contact, i(peer_holds), i(next.saturating_add(1))],
+    )?;
+    Ok(())
+}
+
+/// The peer lost messages `(peer_holds, acked_upto]` it had acknowledged: marks them pending
+/// again, lowers `acked_upto` to `peer_holds`, and returns them to send again.
+pub fn outbox_reopen(
+    conn: &Connection,
+    contact: &str,
+    peer_holds: u64,
+    acked_upto: u64,
+    now: u64,
+) -> Result<Vec<OutboxRow>, DbError> {
+    conn.execute(
+        "UPDATE outbox SET status = 'pending', done_at = ?4 WHERE contact = ?1 AND seq > ?2 \
+         AND seq <= ?3 AND status = 'delivered'",
+        params![contact, i(peer_holds), i(acked_upto), i(now)],
+    )?;
+    conn.execute(
+        "UPDATE contacts SET acked_upto = MIN(acked_upto, ?2) WHERE name = ?1",
+        params![contact, i(peer_holds)],
+    )?;
+    let mut st = conn.prepare(
+        "SELECT o.contact, o.seq, o.created, b.body, o.status, o.done_at FROM outbox o \
+         JOIN outbox_body b USING (contact, seq) \
+         WHERE o.contact = ?1 AND o.seq > ?2 AND o.seq <= ?3 ORDER BY o.seq",
+    )?;
+    let rows = st.query_map(params![contact, i(peer_holds), i(acked_upto)], outbox_row)?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+fn seqs_blob(seqs: &[u64]) -> Vec<u8> {
+    seqs.iter().flat_map(|s| s.to_le_bytes()).collect()
+}
+
+fn blob_seqs(b: &[u8]) -> Vec<u64> {
+    b.chunks_exact(8)
+        .filter_map(|c| <[u8; 8]>::try_from(c).ok())
+        .map(u64::from_le_bytes)
+        .collect()
+}
+
+/// Keeps a sealed envelope this node posted (until it is no longer needed), so a restarted
+/// node posts the same bytes again instead of sealing the messages anew.
+pub fn envelope_keep(
+    conn: &Connection,
+    contact: &str,
+    env: &liaison_proto::conn::SealedEnvelope,
+) -> Result<(), DbError> {
+    conn.execute(
+        "INSERT OR REPLACE INTO outbox_envelope \
+         (contact, id, blob, seqs, completes, key_not_after, card_key) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        params![
+            contact,
+            &env.id[..],
+            &env.blob[..],
+            seqs_blob(&env.seqs),
+            seqs_blob(&env.completes),
+            i(env.key_not_after),
+            i64::from(env.card_key)
+        ],
+    )?;
+    Ok(())
+}
+
+/// Forgets sealed envelopes.
+pub fn envelope_forget(
+    conn: &Connection,
+    contact: &str,
+    ids: &[[u8; ENVELOPE_ID_LEN]],
+) -> Result<(), DbError> {
+    let mut st =
+        conn.prepare_cached("DELETE FROM outbox_envelope WHERE contact = ?1 AND id = ?2")?;
+    for id in ids {
+        st.execute(params![contact, &id[..]])?;
+    }
+    Ok(())
+}
+
+/// The sealed envelopes kept for a contact.
+pub fn envelopes(
+    conn: &Connection,
+    contact: &str,
+) -> Result<Vec<liaison_proto::conn::SealedEnvelope>, DbError> {
+    let mut st = conn.prepare(
+        "SELECT id, blob, seqs, completes, key_not_after, card_key FROM outbox_envelope \
+         WHERE contact = ?1",
+    )?;
+    let rows = st.query_map([contact], |r| {
+        let id: Vec<u8> = r.get(0)?;
+        let blob: Vec<u8> = r.get(1)?;
+        let seqs: Vec<u8> = r.get(2)?;
+        let completes: Vec<u8> = r.get(3)?;
+        let not_after: i64 = r.get(4)?;
+        let card: i64 = r.get(5)?;
+        Ok((id, blob, seqs, completes, not_after, card))
+    })?;
+    let mut out = Vec::new();
+    for row in rows {
+        let (id, blob, seqs, completes, not_after, card) = row?;
+        let Ok(id) = <[u8; ENVELOPE_ID_LEN]>::try_from(id.as_slice()) else {
+            continue;
+        };
+        out.push(liaison_proto::conn::SealedEnvelope {
+            id,
+            blob: std::sync::Arc::from(blob),
+            seqs: blob_seqs(&seqs),
+            completes: blob_seqs(&completes),
+            key_not_after: u(not_after),
+            card_key: card != 0,
+        });
+    }
+    Ok(out)
 }
 
 /// Sets the status of one outbox entry (e.g. queued at a relay, dropped by the user).

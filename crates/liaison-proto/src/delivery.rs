@@ -13,8 +13,9 @@
 //! receiver acks. Duplicates of stored messages are re-acked, never re-delivered.
 
 use liaison_wire::consts::*;
-use liaison_wire::frame::{FrameWriter, fragment, fragment_count};
+use liaison_wire::frame::{FrameWriter, fragment, fragment_count, msg_digest};
 use std::collections::{BTreeMap, BTreeSet};
+use std::ops::Bound::{Excluded, Unbounded};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -22,6 +23,7 @@ use std::time::{Duration, Instant};
 struct OutMsg {
     encoded: Arc<[u8]>,
     frag_count: u32,
+    digest: Option<[u8; MSG_DIGEST_LEN]>,
 }
 
 /// The sending half of delivery for one contact.
@@ -77,6 +79,7 @@ impl Sender {
             OutMsg {
                 encoded,
                 frag_count,
+                digest: None,
             },
         );
         match self.cursor {
@@ -86,13 +89,51 @@ impl Sender {
         }
     }
 
+    /// The highest unacknowledged seq held.
+    pub fn highest_unacked(&self) -> Option<u64> {
+        self.unacked.keys().next_back().copied()
+    }
+
+    /// The [`msg_digest`] of unacknowledged message `seq` (computed once), as the peer's
+    /// `ACK` must name it.
+    pub fn digest(&mut self, seq: u64) -> Option<[u8; MSG_DIGEST_LEN]> {
+        let m = self.unacked.get_mut(&seq)?;
+        Some(*m.digest.get_or_insert_with(|| msg_digest(&m.encoded)))
+    }
+
+    /// Takes the unacknowledged messages up to `peer_holds` out (to give them new seqs after
+    /// a rollback of our store was detected), in seq order, and raises `acked_upto` to
+    /// `peer_holds`: the peer holds other messages under every seq up to there. The messages
+    /// above keep their seqs (the peer expects `peer_holds + 1` next).
+    pub fn take_unacked(&mut self, peer_holds: u64) -> Vec<(u64, Arc<[u8]>)> {
+        let rest = match peer_holds.checked_add(1) {
+            Some(next) => self.unacked.split_off(&next),
+            None => BTreeMap::new(),
+        };
+        let taken = std::mem::replace(&mut self.unacked, rest);
+        self.cursor = None;
+        self.deadline = None;
+        self.rto = RTO_INITIAL;
+        self.acked_upto = self.acked_upto.max(peer_holds);
+        taken.into_iter().map(|(s, m)| (s, m.encoded)).collect()
+    }
+
+    /// The peer lost messages it had acknowledged (its store was rolled back): lowers
+    /// `acked_upto` to what it holds, so the messages it lost can be [`Sender::push`]ed again.
+    pub fn reopen(&mut self, peer_holds: u64) {
+        self.acked_upto = self.acked_upto.min(peer_holds);
+    }
+
     /// Processes a cumulative ack; returns the seqs it newly acknowledged.
     pub fn on_ack(&mut self, now: Instant, delivered_upto: u64) -> Vec<u64> {
         if delivered_upto <= self.acked_upto {
             return Vec::new();
         }
         self.acked_upto = delivered_upto;
-        let rest = self.unacked.split_off(&(delivered_upto + 1));
+        let rest = match delivered_upto.checked_add(1) {
+            Some(next) => self.unacked.split_off(&next),
+            None => BTreeMap::new(),
+        };
         let done: Vec<u64> = std::mem::replace(&mut self.unacked, rest)
             .into_keys()
             .collect();
@@ -121,7 +162,7 @@ impl Sender {
         let mut n = 0;
         while let Some((seq, idx)) = self.cursor {
             let Some(m) = self.unacked.get(&seq) else {
-                self.cursor = self.unacked.range(seq + 1..).next().map(|(&s, _)| (s, 0));
+                self.cursor = self.next_after(seq);
                 continue;
             };
             let chunk = fragment(&m.encoded, idx);
@@ -132,13 +173,31 @@ impl Sender {
             self.cursor = if idx + 1 < m.frag_count {
                 Some((seq, idx + 1))
             } else {
-                self.unacked.range(seq + 1..).next().map(|(&s, _)| (s, 0))
+                self.next_after(seq)
             };
         }
         if n > 0 && self.deadline.is_none() {
             self.deadline = Some(now + self.rto);
         }
         n
+    }
+
+    fn next_after(&self, seq: u64) -> Option<(u64, u32)> {
+        self.unacked
+            .range((Excluded(seq), Unbounded))
+            .next()
+            .map(|(&s, _)| (s, 0))
+    }
+
+    /// The path to the peer came back after a stall: send everything unacknowledged now and
+    /// restart the retransmission timer from its initial value.
+    pub fn kick(&mut self, now: Instant) {
+        if self.unacked.is_empty() {
+            return;
+        }
+        self.rewind();
+        self.rto = RTO_INITIAL;
+        self.deadline = Some(now + self.rto);
     }
 
     /// When [`Sender::handle_timeout`] should run.
@@ -194,10 +253,19 @@ struct Partial {
     bytes: usize,
 }
 
+/// How many digests of delivered messages a [`Receiver`] remembers (24 bytes each).
+pub const RECENT_DIGESTS: usize = 1024;
+
 /// The receiving half of delivery for one contact.
 #[derive(Debug)]
 pub struct Receiver {
     delivered_upto: u64,
+    delivered_digest: [u8; MSG_DIGEST_LEN],
+    /// Digests of complete messages above `delivered_upto` (stored ahead, or being stored).
+    digests: BTreeMap<u64, [u8; MSG_DIGEST_LEN]>,
+    /// Digests of the last [`RECENT_DIGESTS`] messages delivered (below `delivered_upto`):
+    /// to notice a sender that reuses their seqs for other messages.
+    recent: BTreeMap<u64, [u8; MSG_DIGEST_LEN]>,
     stored_ahead: BTreeSet<u64>,
     pending_store: BTreeSet<u64>,
     partial: BTreeMap<u64, Partial>,
@@ -205,14 +273,23 @@ pub struct Receiver {
 }
 
 impl Receiver {
-    /// A receiver that has stored everything up to `delivered_upto`, plus `stored_ahead`.
-    pub fn new(delivered_upto: u64, stored_ahead: impl IntoIterator<Item = u64>) -> Self {
+    /// A receiver that has stored everything up to `delivered_upto` (whose message has
+    /// [`msg_digest`] `delivered_digest`; zeros for 0), plus `stored_ahead` (seq, digest).
+    pub fn new(
+        delivered_upto: u64,
+        delivered_digest: [u8; MSG_DIGEST_LEN],
+        stored_ahead: impl IntoIterator<Item = (u64, [u8; MSG_DIGEST_LEN])>,
+    ) -> Self {
+        let digests: BTreeMap<u64, [u8; MSG_DIGEST_LEN]> = stored_ahead
+            .into_iter()
+            .filter(|&(s, _)| s > delivered_upto)
+            .collect();
         Receiver {
             delivered_upto,
-            stored_ahead: stored_ahead
-                .into_iter()
-                .filter(|&s| s > delivered_upto)
-                .collect(),
+            delivered_digest,
+            stored_ahead: digests.keys().copied().collect(),
+            digests,
+            recent: BTreeMap::new(),
             pending_store: BTreeSet::new(),
             partial: BTreeMap::new(),
             partial_bytes: 0,
@@ -222,6 +299,22 @@ impl Receiver {
     /// Highest seq with every seq up to it stored.
     pub fn delivered_upto(&self) -> u64 {
         self.delivered_upto
+    }
+
+    /// The [`msg_digest`] of message `delivered_upto` (what an `ACK` names).
+    pub fn delivered_digest(&self) -> &[u8; MSG_DIGEST_LEN] {
+        &self.delivered_digest
+    }
+
+    /// True if `seq` is in durable storage (acknowledged or stored ahead), not merely
+    /// reassembled or being stored.
+    pub fn is_stored(&self, seq: u64) -> bool {
+        seq <= self.delivered_upto || self.stored_ahead.contains(&seq)
+    }
+
+    /// True if `seq` was handed out complete and is not durable yet.
+    pub fn is_storing(&self, seq: u64) -> bool {
+        self.pending_store.contains(&seq)
     }
 
     /// Bytes held in incomplete messages.
@@ -259,6 +352,7 @@ impl Receiver {
         }
         if count == 1 {
             self.pending_store.insert(seq);
+            self.digests.insert(seq, msg_digest(chunk));
             return Ok(FragmentOutcome::Complete {
                 seq,
                 encoded: chunk.to_vec(),
@@ -307,6 +401,7 @@ impl Receiver {
             encoded.extend_from_slice(&f);
         }
         self.pending_store.insert(seq);
+        self.digests.insert(seq, msg_digest(&encoded));
         Ok(FragmentOutcome::Complete { seq, encoded })
     }
 
@@ -314,34 +409,60 @@ impl Receiver {
     /// processed again.
     pub fn abandon(&mut self, seq: u64) {
         self.pending_store.remove(&seq);
+        self.digests.remove(&seq);
     }
 
     /// Records that `seq` is durably stored; returns the seqs that became deliverable in
     /// order (from the old `delivered_upto + 1` to the new one).
     pub fn mark_stored(&mut self, seq: u64) -> std::ops::RangeInclusive<u64> {
         self.pending_store.remove(&seq);
-        let start = self.delivered_upto + 1;
+        let start = self.delivered_upto.saturating_add(1);
         if seq > self.delivered_upto {
             self.stored_ahead.insert(seq);
         }
-        while self.stored_ahead.remove(&(self.delivered_upto + 1)) {
-            self.delivered_upto += 1;
+        while let Some(next) = self.delivered_upto.checked_add(1)
+            && self.stored_ahead.remove(&next)
+        {
+            if self.delivered_upto > 0 {
+                self.recent
+                    .insert(self.delivered_upto, self.delivered_digest);
+                while self.recent.len() > RECENT_DIGESTS {
+                    self.recent.pop_first();
+                }
+            }
+            self.delivered_upto = next;
+            if let Some(d) = self.digests.remove(&next) {
+                self.delivered_digest = d;
+            }
         }
         start..=self.delivered_upto
     }
 
-    /// The `delivered_upto` that results if `seqs` are stored too (to write in the same
-    /// transaction as the messages).
-    pub fn delivered_upto_with(&self, seqs: &[u64]) -> u64 {
-        let mut d = self.delivered_upto;
-        loop {
-            let next = d + 1;
-            if self.stored_ahead.contains(&next) || seqs.contains(&next) {
-                d = next;
-            } else {
-                return d;
-            }
+    /// The digest of the message held under `seq`, if this receiver still knows it (the last
+    /// [`RECENT_DIGESTS`] delivered, and those stored ahead or being stored).
+    pub fn held_digest(&self, seq: u64) -> Option<[u8; MSG_DIGEST_LEN]> {
+        if seq == 0 {
+            return None;
         }
+        if seq == self.delivered_upto {
+            return Some(self.delivered_digest);
+        }
+        self.digests
+            .get(&seq)
+            .or_else(|| self.recent.get(&seq))
+            .copied()
+    }
+
+    /// The `delivered_upto` that results if every seq handed out complete (and not yet
+    /// stored) is stored too: what to write in the same transaction as those messages.
+    pub fn delivered_upto_if_stored(&self) -> u64 {
+        let mut d = self.delivered_upto;
+        while let Some(next) = d.checked_add(1)
+            && (self.stored_ahead.contains(&next) || self.pending_store.contains(&next))
+        {
+            d = next;
+        }
+        d
     }
 }
 
@@ -384,11 +505,12 @@ mod tests {
         let now = Instant::now();
         let mut s = Sender::new(0);
         let big: Arc<[u8]> = (0..200_000u32).map(|i| i as u8).collect::<Vec<_>>().into();
+        assert_eq!(s.digest(1), None);
         s.push(1, big.clone());
         s.push(2, Arc::from(&b"small"[..]));
         let pts = drain(&mut s, now);
         assert_eq!(pts.len(), 4);
-        let mut r = Receiver::new(0, []);
+        let mut r = Receiver::new(0, [0; 16], []);
         let mut got = Vec::new();
         for p in pts.iter().rev() {
             feed(&mut r, p, &mut got);
@@ -404,9 +526,39 @@ mod tests {
             feed(&mut r, &p, &mut again);
         }
         assert!(again.is_empty());
+        assert_eq!(s.digest(2), Some(msg_digest(b"small")));
         assert_eq!(s.on_ack(now, 2), vec![1, 2]);
         assert_eq!(s.unacked_count(), 0);
         assert!(!s.has_pending());
+    }
+
+    #[test]
+    fn an_ack_of_the_largest_seq_does_not_overflow() {
+        let now = Instant::now();
+        let mut s = Sender::new(0);
+        s.push(1, Arc::from(&b"x"[..]));
+        s.push(u64::MAX, Arc::from(&b"y"[..]));
+        assert_eq!(s.on_ack(now, u64::MAX), vec![1, u64::MAX]);
+        assert_eq!(s.unacked_count(), 0);
+    }
+
+    #[test]
+    fn renumbering_and_reopening() {
+        let now = Instant::now();
+        let mut s = Sender::new(3);
+        s.push(4, Arc::from(&b"a"[..]));
+        s.push(5, Arc::from(&b"b"[..]));
+        let taken = s.take_unacked(9);
+        assert_eq!(taken.iter().map(|t| t.0).collect::<Vec<_>>(), vec![4, 5]);
+        assert_eq!(s.acked_upto(), 9);
+        assert!(!s.has_pending());
+        s.push(10, taken[0].1.clone());
+        s.push(4, taken[1].1.clone()); // below acked_upto: ignored
+        assert_eq!(s.unacked_seqs().collect::<Vec<_>>(), vec![10]);
+        s.reopen(2);
+        s.push(3, Arc::from(&b"again"[..]));
+        assert_eq!(s.unacked_seqs().collect::<Vec<_>>(), vec![3, 10]);
+        assert_eq!(s.on_ack(now, 10), vec![3, 10]);
     }
 
     #[test]
@@ -433,7 +585,7 @@ mod tests {
 
     #[test]
     fn receiver_bounds() {
-        let mut r = Receiver::new(10, []);
+        let mut r = Receiver::new(10, [0; 16], []);
         assert_eq!(r.on_fragment(5, 0, 1, b"x"), Ok(FragmentOutcome::Duplicate));
         assert_eq!(
             r.on_fragment(10 + MAX_SEQ_AHEAD + 1, 0, 1, b"x"),
@@ -459,20 +611,21 @@ mod tests {
 
     #[test]
     fn out_of_order_storage_delivers_in_order() {
-        let mut r = Receiver::new(0, [3]);
+        let mut r = Receiver::new(0, [0; 16], [(3, msg_digest(b"c"))]);
         assert_eq!(r.on_fragment(3, 0, 1, b"c"), Ok(FragmentOutcome::Duplicate));
         assert!(matches!(
             r.on_fragment(2, 0, 1, b"b").unwrap(),
             FragmentOutcome::Complete { seq: 2, .. }
         ));
-        assert_eq!(r.delivered_upto_with(&[2]), 0);
+        assert_eq!(r.delivered_upto_if_stored(), 0);
         assert!(r.mark_stored(2).is_empty());
         assert!(matches!(
             r.on_fragment(1, 0, 1, b"a").unwrap(),
             FragmentOutcome::Complete { seq: 1, .. }
         ));
-        assert_eq!(r.delivered_upto_with(&[1]), 3);
+        assert_eq!(r.delivered_upto_if_stored(), 3);
         assert_eq!(r.mark_stored(1), 1..=3);
+        assert_eq!(r.delivered_digest(), &msg_digest(b"c"));
     }
 
     proptest! {
@@ -487,7 +640,7 @@ mod tests {
                 .map(|(i, &n)| (0..n).map(|j| (i * 7 + j) as u8).collect::<Vec<_>>().into())
                 .collect();
             for (i, m) in msgs.iter().enumerate() { s.push(i as u64 + 1, m.clone()); }
-            let mut r = Receiver::new(0, []);
+            let mut r = Receiver::new(0, [0; 16], []);
             let mut got: Vec<(u64, Vec<u8>)> = Vec::new();
             let mut rng = seed;
             let mut next = || { rng ^= rng << 13; rng ^= rng >> 7; rng ^= rng << 17; rng };

@@ -573,7 +573,7 @@ mod vectors {
         };
         let enc = content.encode().unwrap();
         let mut w = envelope_frame_writer();
-        assert!(w.ack(0));
+        assert!(w.ack(0, &[0; 16]));
         assert!(w.msg(1, 0, 1, fragment(&enc, 0)));
         w.finish()
     }
@@ -719,7 +719,13 @@ mod tests {
             &blob[ENVELOPE_HEADER_LEN..ENVELOPE_HEADER_LEN + 32]
         );
         let f: Vec<_> = Frames::new(opened.frames()).collect();
-        assert_eq!(f[0], Ok(Frame::Ack { delivered_upto: 0 }));
+        assert_eq!(
+            f[0],
+            Ok(Frame::Ack {
+                delivered_upto: 0,
+                digest: [0; 16]
+            })
+        );
         assert!(matches!(f[1], Ok(Frame::Msg { seq: 1, .. })));
         // third-party check of the signature, as the audit checker does it
         let alice_id = s.alice.sign.verifying_key().to_bytes();
@@ -758,7 +764,7 @@ mod tests {
         );
         assert_eq!(s.open(&blob).unwrap().frames(), &[0u8; 64][..]);
         let mut w = FrameWriter::new(1000);
-        w.ack(7);
+        w.ack(7, &[7; 16]);
         let blob = s.seal(&w.finish()[..11]);
         assert_eq!(s.open(&blob).unwrap().frames().len(), 64);
     }
@@ -990,6 +996,12 @@ mod tests {
         let s = setup();
         let mut w = envelope_frame_writer();
         let chunk = vec![0xab; MAX_ENVELOPE_FRAGMENT];
+        // the reserved frames first (an ACK and a mailbox key), then a full fragment
+        assert!(w.ack(3, &[3; 16]));
+        assert!(w.raw(
+            FRAME_MBOX_KEY,
+            &[0; liaison_wire::card::MAILBOX_KEY_PUB_LEN]
+        ));
         assert!(w.msg(9, 0, 1, &chunk));
         assert_eq!(w.room(), 0);
         let frames = w.finish();
@@ -998,8 +1010,13 @@ mod tests {
         assert_eq!(blob.len(), MAX_BLOB_LEN);
         assert_eq!(blob.len() - ENVELOPE_HEADER_LEN, NOISE_MAX_MSG);
         assert_eq!(s.open(&blob).unwrap().frames(), &frames[..]);
-        // one byte more does not fit
+        // one byte more does not fit beside them
         let mut w = envelope_frame_writer();
+        assert!(w.ack(3, &[3; 16]));
+        assert!(w.raw(
+            FRAME_MBOX_KEY,
+            &[0; liaison_wire::card::MAILBOX_KEY_PUB_LEN]
+        ));
         assert!(!w.msg(9, 0, 1, &vec![0xab; MAX_ENVELOPE_FRAGMENT + 1]));
         // every fragment fits an envelope: live sessions and envelopes share one fragment size
         const { assert!(MAX_FRAGMENT == MAX_ENVELOPE_FRAGMENT) };
@@ -1010,7 +1027,8 @@ mod tests {
     #[test]
     fn bucket_sizes() {
         assert_eq!(MAX_ENVELOPE_PLAINTEXT, 65_423);
-        assert_eq!(MAX_ENVELOPE_FRAGMENT, 65_404);
+        assert_eq!(MAX_ENVELOPE_FRAGMENT, 64_078);
+        assert_eq!(ENVELOPE_RESERVED, 1_326);
         assert_eq!(MIN_ENVELOPE_NOISE_MSG, 176);
         assert_eq!(MAILBOX_PROLOGUE_LEN, 57);
         assert_eq!(ENVELOPE_SIGNED_LEN, 1209);
@@ -1082,7 +1100,7 @@ mod tests {
             let s = setup();
             let mut w = envelope_frame_writer();
             for a in &acks {
-                prop_assert!(w.ack(*a));
+                prop_assert!(w.ack(*a, &[0; 16]));
             }
             prop_assert!(w.msg(seq, 0, 1, &chunk));
             let frames = w.finish();

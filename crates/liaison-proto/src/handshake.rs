@@ -155,14 +155,18 @@ fn psk(pairing: Option<&Secret32>, ss: &Secret32, ek: &[u8], ct: &[u8]) -> Secre
     pq::derive_psk(pairing.map(|p| &**p), ss, PQ_PSK_INFO, &[ek, ct])
 }
 
-/// Our outstanding handshake, waiting for message 2.
+/// Our outstanding handshake, waiting for message 2. A message 2 that does not authenticate
+/// leaves it intact (snow restores its symmetric state on a failed read), so a forged or
+/// damaged answer cannot cancel the handshake.
 pub struct Initiation {
-    hs: HandshakeState,
+    /// `None` once a message 2 completed it.
+    hs: Option<HandshakeState>,
     kem: KemPair,
     pairing: Option<Secret32>,
     sender_idx: u32,
     ts: Tai64N,
     sent_at: Instant,
+    failed: u32,
 }
 
 impl std::fmt::Debug for Initiation {
@@ -213,12 +217,13 @@ pub fn initiate_with(
     .to_vec();
     Ok((
         Initiation {
-            hs,
+            hs: Some(hs),
             kem,
             pairing: peer.pairing.clone(),
             sender_idx,
             ts,
             sent_at: now,
+            failed: 0,
         },
         blob,
     ))
@@ -240,10 +245,16 @@ impl Initiation {
         self.sent_at
     }
 
-    /// Processes `HS_RESP`: the confirmed session and message 2's payload.
-    /// On error the initiation is consumed; start a new one.
+    /// Message 2s refused so far (forged, damaged, or for another pairing secret).
+    pub fn failed_responses(&self) -> u32 {
+        self.failed
+    }
+
+    /// Processes `HS_RESP`: the confirmed session and message 2's payload. On success the
+    /// initiation is spent (drop it); on any error it is left as it was, waiting for the
+    /// genuine answer, and [`Initiation::failed_responses`] counts the refusal.
     pub fn finish(
-        mut self,
+        &mut self,
         resp_sender_idx: u32,
         receiver_idx: u32,
         ct: &[u8],
@@ -253,21 +264,42 @@ impl Initiation {
         if receiver_idx != self.sender_idx {
             return Err(HandshakeError::UnknownIndex);
         }
+        let r = self.try_finish(resp_sender_idx, ct, msg2, now);
+        if r.is_err() {
+            self.failed = self.failed.saturating_add(1);
+        }
+        r
+    }
+
+    fn try_finish(
+        &mut self,
+        resp_sender_idx: u32,
+        ct: &[u8],
+        msg2: &[u8],
+        now: Instant,
+    ) -> Result<(Session, Zeroizing<Vec<u8>>), HandshakeError> {
         if ct.len() != MLKEM_CT_LEN || !(HS_MSG2_MIN_LEN..=HS_MSG2_MAX_LEN).contains(&msg2.len()) {
             return Err(HandshakeError::Malformed);
         }
+        let hs = self
+            .hs
+            .as_mut()
+            .ok_or_else(|| HandshakeError::Local("handshake already finished".into()))?;
         let ss = self.kem.decapsulate(ct)?;
         let psk = psk(self.pairing.as_ref(), &ss, self.kem.ek(), ct);
-        self.hs
-            .set_psk(2, psk.as_slice())
+        hs.set_psk(2, psk.as_slice())
             .map_err(|e| HandshakeError::Local(format!("psk: {e}")))?;
         let mut payload = Zeroizing::new(vec![0u8; msg2.len()]);
-        let n = self
-            .hs
+        // a refused message 2 leaves the state as it was (snow restores its checkpoint)
+        let n = hs
             .read_message(msg2, &mut payload)
             .map_err(|_| HandshakeError::Decrypt)?;
         payload.truncate(n);
-        let session = Session::from_handshake(self.hs, self.sender_idx, resp_sender_idx, now)?;
+        let hs = self
+            .hs
+            .take()
+            .ok_or_else(|| HandshakeError::Local("handshake already finished".into()))?;
+        let session = Session::from_handshake(hs, self.sender_idx, resp_sender_idx, now)?;
         Ok((session, payload))
     }
 }

@@ -10,7 +10,10 @@
 //! - [`line`]: per-contact session management (indices, confirmation, selection,
 //!   simultaneous initiation, WireGuard timers, handshake replay protection).
 //! - [`delivery`]: sequence numbers, cumulative acks, retransmission, fragmentation.
+//! - [`conn`]: the line engine — one object per line owning sessions, delivery, envelopes,
+//!   timers and the call, driven by the node, the simulator and the bench alike.
 
+pub mod conn;
 pub mod delivery;
 pub mod envelope;
 pub mod handshake;

@@ -28,11 +28,12 @@ use std::time::{Duration, Instant};
 /// Something the driver must do or know, in order.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LineEvent {
-    /// Persist this as the last handshake timestamp sent to the peer, before the next Transmit.
-    PersistSentTs(Tai64N),
+    /// Persist this as the last handshake timestamp sent to the peer, before the next Transmit
+    /// (our message 1, whose session will have local index `.1`).
+    PersistSentTs(Tai64N, u32),
     /// Persist this as the last handshake timestamp accepted from the peer, before the next
-    /// Transmit.
-    PersistAcceptedTs(Tai64N),
+    /// Transmit (our message 2, for the session with local index `.1`).
+    PersistAcceptedTs(Tai64N, u32),
     /// Put this blob on a hop to the peer.
     Transmit(Vec<u8>),
     /// A session became usable for sending. `fresh` when no session was usable before: resend
@@ -47,8 +48,9 @@ pub enum LineEvent {
     Anomaly(Anomaly),
 }
 
-/// Kinds of misbehaviour seen on a line.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+/// Kinds of misbehaviour seen on a line, from the session layer ([`Line`]) and the line
+/// engine (`crate::conn`): one typed enum from detection to the audit log and the user.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 #[non_exhaustive]
 pub enum Anomaly {
     /// A blob that does not parse.
@@ -67,6 +69,25 @@ pub enum Anomaly {
     ReplayedData,
     /// A DATA for an expired session.
     ExpiredData,
+    /// Authenticated inner frames that do not parse (the peer's software is broken).
+    MalformedFrames,
+    /// Message fragments that break the fragmentation rules.
+    BadFragment,
+    /// A complete message whose content does not decode.
+    BadMessage,
+    /// A mailbox key the peer did not sign, or that does not decode.
+    BadMailboxKey,
+    /// An envelope that does not open.
+    BadEnvelope,
+    /// An `ACK` for a seq this node never sent (beyond the highest assigned), or naming one of
+    /// our messages by the wrong digest when no rollback explains it.
+    UnexpectedAck,
+    /// The peer holds other messages under seqs this node reused: this node's store was
+    /// rolled back (restored from a backup); pending messages were renumbered.
+    SeqRollback,
+    /// The peer no longer holds messages it acknowledged (its store was rolled back); they are
+    /// sent again.
+    PeerLostMessages,
 }
 
 impl Anomaly {
@@ -81,6 +102,14 @@ impl Anomaly {
             Anomaly::BadData => "bad-data",
             Anomaly::ReplayedData => "replayed-data",
             Anomaly::ExpiredData => "expired-data",
+            Anomaly::MalformedFrames => "malformed-frames",
+            Anomaly::BadFragment => "bad-fragment",
+            Anomaly::BadMessage => "bad-message",
+            Anomaly::BadMailboxKey => "bad-mailbox-key",
+            Anomaly::BadEnvelope => "bad-envelope",
+            Anomaly::UnexpectedAck => "unexpected-ack",
+            Anomaly::SeqRollback => "seq-rollback",
+            Anomaly::PeerLostMessages => "peer-lost-messages",
         }
     }
 }
@@ -113,7 +142,7 @@ pub struct Line {
     hs_window_start: Option<Instant>,
     hs_window_count: u32,
     events: VecDeque<LineEvent>,
-    resp_payload: Vec<u8>,
+    start_frames: Vec<u8>,
     awaiting_reply_since: Option<Instant>,
 }
 
@@ -155,14 +184,21 @@ impl Line {
             hs_window_start: None,
             hs_window_count: 0,
             events: VecDeque::new(),
-            resp_payload: Vec::new(),
+            start_frames: Vec::new(),
             awaiting_reply_since: None,
         }
     }
 
-    /// Inner frames to put in every message 2 we send (e.g. our current mailbox key).
-    pub fn set_response_payload(&mut self, payload: Vec<u8>) {
-        self.resp_payload = payload;
+    /// Inner frames every new session starts with (our receive high-water mark and current
+    /// mailbox key): the payload of every message 2 we send, and the plaintext of the
+    /// confirming keepalive we send after every message 2 we receive. At most
+    /// [`MAX_HS_RESP_PAYLOAD`] bytes (longer is replaced by an empty payload).
+    pub fn set_start_frames(&mut self, frames: Vec<u8>) {
+        self.start_frames = if frames.len() <= MAX_HS_RESP_PAYLOAD {
+            frames
+        } else {
+            Vec::new()
+        };
     }
 
     /// The next event for the driver.
@@ -213,6 +249,15 @@ impl Line {
         }
     }
 
+    /// Starts one handshake if no session can send and none is under way, without asking
+    /// for a session: unanswered, it is not retried (a freshly started engine confirms the
+    /// line this way when a path comes up).
+    pub fn probe(&mut self, now: Instant, wall: Tai64N) {
+        if self.initiation.is_none() && self.sender_pos(now).is_none() {
+            self.start_handshake(now, wall);
+        }
+    }
+
     /// The peer ended the session whose local index is `receiver_idx` (an authenticated
     /// `CLOSE(bye)` arrived on it): the peer has wiped its keys, so drop that session and every
     /// older one. A newer session (a later call of the peer's) is kept, so a delayed `CLOSE`
@@ -234,6 +279,29 @@ impl Line {
     /// Nothing more to send: stop retrying handshakes once the current one ends.
     pub fn stand_down(&mut self) {
         self.want = false;
+    }
+
+    /// The last handshake timestamp sent (to persist, or to carry into a new `Line`).
+    pub fn last_sent_ts(&self) -> Tai64N {
+        self.last_sent_ts
+    }
+
+    /// The last handshake timestamp accepted from the peer.
+    pub fn last_accepted_ts(&self) -> Tai64N {
+        self.last_accepted_ts
+    }
+
+    /// The user reset the handshake replay state (`contact reset-replay`, after a clock
+    /// disaster on the peer's side): accept message 1s newer than `ts` again.
+    pub fn reset_accepted_ts(&mut self, ts: Tai64N) {
+        self.last_accepted_ts = ts;
+    }
+
+    /// The local index of the session we send on, if any.
+    pub fn current_local_idx(&self, now: Instant) -> Option<u32> {
+        self.sender_pos(now)
+            .and_then(|i| self.sessions.get(i))
+            .map(Session::local_idx)
     }
 
     fn new_index(&self) -> u32 {
@@ -266,7 +334,7 @@ impl Line {
                 if self.attempt_started.is_none() {
                     self.attempt_started = Some(now);
                 }
-                self.events.push_back(LineEvent::PersistSentTs(ts));
+                self.events.push_back(LineEvent::PersistSentTs(ts, idx));
                 self.events.push_back(LineEvent::Transmit(blob));
             }
             Err(e) => {
@@ -416,13 +484,13 @@ impl Line {
         }
         let ts = incoming.ts();
         let my_idx = self.new_index();
-        match incoming.reply(my_idx, &self.resp_payload, now) {
+        match incoming.reply(my_idx, &self.start_frames, now) {
             Ok((session, blob)) => {
                 self.last_accepted_ts = ts;
                 // answering abandons our own simultaneous handshake, if any
                 self.initiation = None;
                 self.events
-                    .push_back(LineEvent::PersistAcceptedTs(self.last_accepted_ts));
+                    .push_back(LineEvent::PersistAcceptedTs(self.last_accepted_ts, my_idx));
                 self.events.push_back(LineEvent::Transmit(blob));
                 self.add_session(session, now);
             }
@@ -439,25 +507,37 @@ impl Line {
         msg2: &[u8],
         plaintext: &mut Vec<u8>,
     ) -> Received {
-        let matches = self
+        let Some(init) = self
             .initiation
-            .as_ref()
-            .is_some_and(|i| i.sender_idx() == receiver_idx);
-        if !matches {
+            .as_mut()
+            .filter(|i| i.sender_idx() == receiver_idx)
+        else {
             // an answer to a handshake we abandoned, or a replay
             self.events
                 .push_back(LineEvent::Anomaly(Anomaly::UnknownIndex));
             return Received::Nothing;
-        }
-        let Some(init) = self.initiation.take() else {
-            return Received::Nothing;
         };
+        if init.failed_responses() >= MAX_REFUSED_RESPONSES {
+            // someone keeps answering with forgeries: stop spending an ML-KEM decapsulation on
+            // each; the retry timer starts a fresh initiation (with a fresh index)
+            self.events
+                .push_back(LineEvent::Anomaly(Anomaly::BadHandshake));
+            return Received::Nothing;
+        }
         match init.finish(sender_idx, receiver_idx, ct, msg2, now) {
             Ok((mut session, payload)) => {
+                self.initiation = None;
                 self.awaiting_reply_since = None;
-                // key confirmation for the responder
-                let mut ka = Vec::with_capacity(DATA_HEADER_LEN + 64 + NOISE_TAG_LEN);
-                let keepalive = FrameWriter::default().finish();
+                // key confirmation for the responder, carrying our session-start frames
+                let mut ka = Vec::with_capacity(
+                    DATA_HEADER_LEN + self.start_frames.len() + 64 + NOISE_TAG_LEN,
+                );
+                // (the start frames are a padded plaintext already; none: an empty keepalive)
+                let keepalive = if self.start_frames.is_empty() {
+                    FrameWriter::default().finish()
+                } else {
+                    self.start_frames.clone()
+                };
                 if session.seal_into(now, &keepalive, &mut ka).is_ok() {
                     self.events.push_back(LineEvent::Transmit(ka));
                 }
@@ -471,17 +551,19 @@ impl Line {
                     Received::Plaintext
                 }
             }
-            Err(
-                HandshakeError::Decrypt | HandshakeError::InvalidKem | HandshakeError::Malformed,
-            ) => {
-                // keep waiting: a forged answer must not cancel our handshake; the retry
-                // timer starts a new one
+            Err(e) => {
+                // keep waiting: a forged or damaged answer must not cancel our handshake (the
+                // initiation is intact); the retry timer starts a new one if nothing better comes
+                if !matches!(
+                    e,
+                    HandshakeError::Decrypt
+                        | HandshakeError::InvalidKem
+                        | HandshakeError::Malformed
+                ) {
+                    tracing::warn!("handshake failed: {e}");
+                }
                 self.events
                     .push_back(LineEvent::Anomaly(Anomaly::BadHandshake));
-                Received::Nothing
-            }
-            Err(e) => {
-                tracing::warn!("handshake failed: {e}");
                 Received::Nothing
             }
         }
@@ -570,7 +652,9 @@ impl Line {
                 .is_some_and(|s| now.saturating_duration_since(s) >= REKEY_ATTEMPT_TIME);
             if gave_up || !self.want {
                 self.attempt_started = None;
-                if gave_up {
+                if gave_up && !self.is_ready(now) {
+                    // (a rekey that keeps failing while the session still delivers is not
+                    // "unreachable": the session's expiry ends it)
                     self.want = false;
                     self.events.push_back(LineEvent::Unreachable);
                 }
@@ -580,5 +664,69 @@ impl Line {
                 self.start_handshake(now, wall);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+    use super::*;
+    use crate::keys::NoiseSecret;
+
+    fn keys(seed: u8) -> (LocalKeys, PeerKeys) {
+        let noise = NoiseSecret::from_bytes([seed; 32]);
+        let peer = PeerKeys {
+            identity: [seed.wrapping_add(100); 32],
+            noise: noise.public(),
+            pairing: None,
+        };
+        (
+            LocalKeys {
+                identity: [seed.wrapping_add(100); 32],
+                noise,
+            },
+            peer,
+        )
+    }
+
+    fn transmitted(line: &mut Line) -> Vec<Vec<u8>> {
+        let mut out = Vec::new();
+        while let Some(ev) = line.poll_event() {
+            if let LineEvent::Transmit(b) = ev {
+                out.push(b);
+            }
+        }
+        out
+    }
+
+    /// A relay sees `sender_idx` and can answer a message 1 with forgeries at once. They are
+    /// refused, and the pending handshake stays: the genuine message 2 still completes it.
+    #[test]
+    fn a_forged_answer_leaves_the_handshake_pending() {
+        let now = Instant::now();
+        let ts = Tai64N::from_unix(1_800_000_000, 0);
+        let ((la, pa), (lb, pb)) = (keys(1), keys(2));
+        let mut a = Line::new(la, pb, Tai64N::default(), Tai64N::default());
+        let mut b = Line::new(lb, pa, Tai64N::default(), Tai64N::default());
+        a.connect(now, ts);
+        let init = transmitted(&mut a).pop().unwrap();
+        let idx = u32::from_le_bytes(init[1..5].try_into().unwrap());
+        let mut forged = vec![BLOB_HS_RESP];
+        forged.extend_from_slice(&9u32.to_le_bytes());
+        forged.extend_from_slice(&idx.to_le_bytes());
+        forged.extend_from_slice(&[0x55; MLKEM_CT_LEN]);
+        forged.extend_from_slice(&[0x66; HS_MSG2_MIN_LEN + 32]);
+        let mut pt = Vec::new();
+        for _ in 0..3 {
+            assert_eq!(a.handle_blob(now, &forged, &mut pt), Received::Nothing);
+        }
+        assert!(
+            a.is_handshaking(),
+            "the forgeries must not cancel the handshake"
+        );
+        b.handle_blob(now, &init, &mut pt);
+        let resp = transmitted(&mut b).pop().unwrap();
+        a.handle_blob(now, &resp, &mut pt);
+        assert!(a.is_ready(now), "the genuine answer completes it");
     }
 }

@@ -169,7 +169,7 @@ fn compute() -> Vec<(&'static str, String)> {
         let kem = KemPair::from_seed(&[0x17; 64]);
         let ek = *kem.ek();
         let ts = Tai64N::from_unix(1_800_000_000, 0);
-        let (init, init_blob) =
+        let (mut init, init_blob) =
             handshake::initiate_with(&la, &pb, 0x0403_0201, ts, now, kem, Some(&[0x16; 32]))
                 .unwrap();
         v.push((names[0], hex(&init_blob)));
@@ -219,7 +219,7 @@ fn compute() -> Vec<(&'static str, String)> {
         let content = message_content();
         let enc = content.encode().unwrap();
         let mut w = FrameWriter::default();
-        assert!(w.ack(0));
+        assert!(w.ack(0, &[0; 16]));
         assert!(w.msg(1, 0, 1, fragment(&enc, 0)));
         let mut d = Vec::new();
         sb.seal_into(now, &w.finish(), &mut d).unwrap();
@@ -228,9 +228,24 @@ fn compute() -> Vec<(&'static str, String)> {
     let content = message_content();
     v.push(("message_content_hello", hex(&content.encode().unwrap())));
     let mut w = FrameWriter::default();
-    w.ack(0);
+    w.ack(0, &[0; 16]);
     w.msg(1, 0, 1, &content.encode().unwrap());
     v.push(("plaintext_ack_msg", hex(&w.finish())));
+    // message 2's payload as the engine writes it: bob's high-water mark (nothing received
+    // yet: ACK(0) with a zero digest) and his current mailbox key (here his card's), padded
+    let bob_mbox = card(&b, "bob", None).body.mailbox;
+    v.push((
+        "hs_resp_payload_bob",
+        hex(&crate::conn::session_start_frames(
+            0,
+            &[0; 16],
+            Some(&bob_mbox),
+        )),
+    ));
+    // the goodbye: CLOSE(bye) alone, padded
+    let mut w = FrameWriter::default();
+    assert!(w.raw(FRAME_CLOSE, &[liaison_wire::frame::close_reason::BYE]));
+    v.push(("plaintext_close_bye", hex(&w.finish())));
     v.push((
         "hop_hello_ready",
         hex(&[
@@ -336,6 +351,21 @@ fn vectors_are_deterministic_and_sizes_match_the_spec() {
         get("data_keepalive_alice"),
         DATA_HEADER_LEN + 64 + NOISE_TAG_LEN
     );
+    // docs/protocol.md §7.3: the message 2 payload and the HS_RESP that carries it
+    assert_eq!(get("hs_resp_payload_bob"), 2048);
+    assert!(
+        a.iter()
+            .find(|(k, _)| *k == "hs_resp_payload_bob")
+            .unwrap()
+            .1
+            .starts_with("021800")
+    );
+    assert_eq!(HS_RESP_HEADER_LEN + HS_MSG2_MIN_LEN + 2048, 3193);
+    // §9: the goodbye plaintext and the MSG limits stated there
+    assert_eq!(get("plaintext_close_bye"), 64);
+    assert_eq!(MAX_FRAGMENTS, 262);
+    assert_eq!(MAX_REASSEMBLY_BYTES, 33_556_480);
+    assert_eq!(liaison_wire::card::MAILBOX_KEY_PUB_LEN, 1296);
     // the two handshakes differ only through the psk: message 1 is identical
     assert_eq!(get("hs_init"), get("paired_hs_init"));
     assert_eq!(

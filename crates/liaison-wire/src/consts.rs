@@ -139,9 +139,19 @@ pub const FRAME_CARD: u8 = 0x04;
 pub const FRAME_CLOSE: u8 = 0x05;
 /// An opaque audit-log message (checkpoints, cosignatures, receipts).
 pub const FRAME_AUDIT: u8 = 0x06;
+/// Digest of one message's encoded content, bytes: `SHA-256(MSG_DIGEST_CONTEXT || encoded)[..16]`.
+/// `ACK` carries the digest of the message it names, so a sender whose store was rolled back
+/// (restored from a backup) sees that the peer holds *other* messages under those sequence
+/// numbers instead of taking them as delivered.
+pub const MSG_DIGEST_LEN: usize = 16;
+/// Domain separation of [`MSG_DIGEST_LEN`] digests (ASCII, 20 bytes).
+pub const MSG_DIGEST_CONTEXT: &[u8] = b"liaison/1 msg-digest";
+/// `ACK` body: `delivered_upto u64le || digest (16)` (zeros when `delivered_upto` is 0),
+/// bytes.
+pub const ACK_BODY_LEN: usize = 8 + MSG_DIGEST_LEN;
 /// `MSG` frame header: `seq u64 || frag_index u32 || frag_count u32`.
 pub const MSG_FRAME_HEADER_LEN: usize = 16;
-/// Size of every fragment but a message's last, bytes (65,404): the largest MSG chunk that fits
+/// Size of every fragment but a message's last, bytes (64,078): the largest MSG chunk that fits
 /// both a DATA plaintext and a sealed envelope ([`MAX_ENVELOPE_FRAGMENT`]), so a message's
 /// fragments are the same whichever path carries each of them.
 pub const MAX_FRAGMENT: usize = MAX_ENVELOPE_FRAGMENT;
@@ -200,11 +210,19 @@ pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 pub const MAX_SESSIONS_PER_CONTACT: usize = 3;
 /// At most this many message 1s accepted per contact per second.
 pub const MAX_HS_INIT_PER_SEC: u32 = 50;
+/// An outstanding handshake tries at most this many message 2s that fail to authenticate
+/// (each costs an ML-KEM decapsulation); later ones are ignored until the retry timer starts a
+/// fresh initiation. A relay sees `sender_idx` and can forge answers at will: they neither
+/// cancel the handshake nor cost unbounded work.
+pub const MAX_REFUSED_RESPONSES: u32 = 8;
 /// Width of the per-session anti-replay window, in nonces.
 pub const REPLAY_WINDOW: u64 = 8192;
 
-/// Retransmission timeout of unacknowledged messages: starts here...
-pub const RTO_INITIAL: Duration = Duration::from_secs(1);
+/// Retransmission timeout of unacknowledged messages: starts here... Hops are reliable QUIC
+/// streams, so this only covers what a relay lost between its subscribers (a path that goes
+/// silent is replaced instead, and every new path gets everything unacknowledged again): 3 s
+/// leaves a lossy path's slow acknowledgements room before anything is sent twice.
+pub const RTO_INITIAL: Duration = Duration::from_secs(3);
 /// ...and doubles up to this.
 pub const RTO_MAX: Duration = Duration::from_secs(30);
 /// Receiver holds at most this many bytes of incomplete or out-of-order messages per contact.
@@ -267,10 +285,17 @@ pub const ENVELOPE_PAD_BUCKETS: &[usize] = &[
 /// tag (16). Shorter ones are refused before any cryptography.
 pub const MIN_ENVELOPE_NOISE_MSG: usize = NOISE_DH_LEN + 64 + SIG_LEN + NOISE_TAG_LEN;
 
-/// Largest MSG chunk that fits an envelope, bytes (65,404): [`MAX_ENVELOPE_PLAINTEXT`] minus
-/// the frame header (3) and the MSG header (16). [`MAX_FRAGMENT`] equals it.
+/// Room every envelope keeps for the sender's `ACK` and `MBOX_KEY` frames, bytes (1,326):
+/// `(3 + ACK_BODY_LEN) + (3 + MAILBOX_KEY_PUB_LEN)`. Every envelope carries the sender's current
+/// mailbox key, so two parties who meet only through relays keep moving to fresh keys.
+pub const ENVELOPE_RESERVED: usize =
+    (FRAME_HEADER_LEN + ACK_BODY_LEN) + (FRAME_HEADER_LEN + crate::card::MAILBOX_KEY_PUB_LEN);
+
+/// Largest MSG chunk an envelope holds beside the reserved frames, bytes (64,078):
+/// [`MAX_ENVELOPE_PLAINTEXT`] minus the MSG frame header (3), the MSG header (16) and
+/// [`ENVELOPE_RESERVED`]. [`MAX_FRAGMENT`] equals it.
 pub const MAX_ENVELOPE_FRAGMENT: usize =
-    MAX_ENVELOPE_PLAINTEXT - FRAME_HEADER_LEN - MSG_FRAME_HEADER_LEN;
+    MAX_ENVELOPE_PLAINTEXT - FRAME_HEADER_LEN - MSG_FRAME_HEADER_LEN - ENVELOPE_RESERVED;
 
 /// A node makes a fresh mailbox key this often, seconds (one day), and advertises it in message
 /// 2 payloads and `MBOX_KEY` frames: an envelope's forward secrecy lasts about a key's life.

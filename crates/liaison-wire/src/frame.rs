@@ -4,7 +4,7 @@
 //! plaintext = frame* [0x00 zero*]            (padded to a PAD_BUCKETS size)
 //! frame     = type u8 || len u16le || body[len]
 //! MSG       body = seq u64le || frag_index u32le || frag_count u32le || chunk
-//! ACK       body = delivered_upto u64le
+//! ACK       body = delivered_upto u64le || digest (16)
 //! MBOX_KEY  body = MailboxKeyPub (MAILBOX_KEY_PUB_LEN bytes)
 //! CARD      body = binary card
 //! CLOSE     body = reason u8
@@ -35,7 +35,10 @@ pub enum Frame<'a> {
     Ack {
         /// Highest contiguous stored seq.
         delivered_upto: u64,
+        /// [`msg_digest`] of the stored message `delivered_upto` (zeros for 0).
+        digest: [u8; MSG_DIGEST_LEN],
     },
+
     /// A signed mailbox key (encoded [`crate::card::MailboxKeyPub`]).
     MboxKey(&'a [u8]),
     /// A rotated card (binary form).
@@ -156,11 +159,16 @@ impl<'a> Iterator for Frames<'a> {
                     }
                 }
                 FRAME_ACK => {
-                    if len != 8 {
+                    if len != ACK_BODY_LEN {
                         return Err(FrameError::BadLength(ty));
+                    }
+                    let mut digest = [0u8; MSG_DIGEST_LEN];
+                    if let Some(d) = body.get(8..ACK_BODY_LEN) {
+                        digest.copy_from_slice(d);
                     }
                     Frame::Ack {
                         delivered_upto: le_u64(body),
+                        digest,
                     }
                 }
                 FRAME_MBOX_KEY => {
@@ -271,12 +279,13 @@ impl FrameWriter {
         true
     }
 
-    /// Appends an ACK frame.
-    pub fn ack(&mut self, delivered_upto: u64) -> bool {
-        if !self.header(FRAME_ACK, 8) {
+    /// Appends an ACK frame naming the stored message `delivered_upto` by its digest.
+    pub fn ack(&mut self, delivered_upto: u64, digest: &[u8; MSG_DIGEST_LEN]) -> bool {
+        if !self.header(FRAME_ACK, ACK_BODY_LEN) {
             return false;
         }
         self.buf.extend_from_slice(&delivered_upto.to_le_bytes());
+        self.buf.extend_from_slice(digest);
         true
     }
 
@@ -302,6 +311,19 @@ impl FrameWriter {
         out.clear();
         out.extend_from_slice(&self.finish());
     }
+}
+
+/// The digest `ACK` names a message by: `SHA-256(MSG_DIGEST_CONTEXT || encoded)[..16]`
+/// over the message's encoded [`MessageContent`] (the bytes its `MSG` fragments carry).
+pub fn msg_digest(encoded: &[u8]) -> [u8; MSG_DIGEST_LEN] {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update(MSG_DIGEST_CONTEXT);
+    h.update(encoded);
+    let full = h.finalize();
+    let mut d = [0u8; MSG_DIGEST_LEN];
+    d.copy_from_slice(full.get(..MSG_DIGEST_LEN).unwrap_or(&[0; MSG_DIGEST_LEN]));
+    d
 }
 
 /// A user message as carried (fragmented) in MSG frames.
@@ -410,13 +432,33 @@ mod tests {
     #[test]
     fn golden_ack_and_padding() {
         let mut w = FrameWriter::default();
-        assert!(w.ack(3));
+        let d = msg_digest(b"x");
+        assert!(w.ack(3, &d));
         let p = w.finish();
         assert_eq!(p.len(), 64);
-        assert_eq!(hex::encode(&p[..11]), "0208000300000000000000");
-        assert!(p[11..].iter().all(|&b| b == 0));
+        assert_eq!(
+            hex::encode(&p[..27]),
+            format!("0218000300000000000000{}", hex::encode(d))
+        );
+        assert!(p[27..].iter().all(|&b| b == 0));
         let frames: Vec<_> = Frames::new(&p).collect();
-        assert_eq!(frames, vec![Ok(Frame::Ack { delivered_upto: 3 })]);
+        assert_eq!(
+            frames,
+            vec![Ok(Frame::Ack {
+                delivered_upto: 3,
+                digest: d
+            })]
+        );
+        // the digest is SHA-256 over the context and the encoding, truncated
+        assert_eq!(hex::encode(msg_digest(b"")), {
+            use sha2::{Digest, Sha256};
+            hex::encode(&Sha256::digest(MSG_DIGEST_CONTEXT)[..16])
+        });
+        // an ACK body of the old 8-byte layout is refused
+        assert_eq!(
+            Frames::new(&[FRAME_ACK, 8, 0, 1, 0, 0, 0, 0, 0, 0, 0]).next(),
+            Some(Err(FrameError::BadLength(FRAME_ACK)))
+        );
     }
 
     #[test]
@@ -454,11 +496,11 @@ mod tests {
         let chunk = vec![7u8; MAX_FRAGMENT];
         assert!(w.msg(1, 0, 1, &chunk));
         // a full fragment leaves room for small frames (an ACK) in a DATA plaintext
-        assert!(w.ack(1));
+        assert!(w.ack(1, &[1; 16]));
         let fill = vec![1u8; w.room()];
         assert!(w.raw(FRAME_AUDIT, &fill));
         assert_eq!(w.len(), MAX_PLAINTEXT);
-        assert!(!w.ack(2));
+        assert!(!w.ack(2, &[2; 16]));
         let p = w.finish();
         assert_eq!(p.len(), MAX_PLAINTEXT);
         let f: Vec<_> = Frames::new(&p).collect();
@@ -501,13 +543,13 @@ mod tests {
                              seq in 1u64.., chunk in proptest::collection::vec(any::<u8>(), 0..500),
                              audit in proptest::collection::vec(any::<u8>(), 1..100)) {
             let mut w = FrameWriter::default();
-            for a in &acks { prop_assert!(w.ack(*a)); }
+            for a in &acks { prop_assert!(w.ack(*a, &[*a as u8; 16])); }
             prop_assert!(w.msg(seq, 0, 1, &chunk));
             prop_assert!(w.raw(FRAME_AUDIT, &audit));
             let p = w.finish();
             prop_assert!(PAD_BUCKETS.contains(&p.len()));
             let got: Vec<_> = Frames::new(&p).collect::<Result<_, _>>().unwrap();
-            let mut want: Vec<Frame> = acks.iter().map(|&a| Frame::Ack { delivered_upto: a }).collect();
+            let mut want: Vec<Frame> = acks.iter().map(|&a| Frame::Ack { delivered_upto: a, digest: [a as u8; 16] }).collect();
             want.push(Frame::Msg { seq, frag_index: 0, frag_count: 1, chunk: &chunk });
             want.push(Frame::Audit(&audit));
             prop_assert_eq!(got, want);

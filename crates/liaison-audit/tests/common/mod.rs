@@ -54,11 +54,15 @@ impl Party {
     }
 }
 
-/// Commits both sides and delivers every audit message until nothing is left.
+/// Commits both sides and delivers every audit message until nothing is left, cosignatures
+/// the rate bound held back included (released when due, at the time they are due).
 pub fn pump<S1: LineStorage, S2: LineStorage>(a: &mut Line<S1>, b: &mut Line<S2>, now: u64) {
     let mut to_b: Vec<Vec<u8>> = a.commit(now).unwrap().into_iter().collect();
     let mut to_a: Vec<Vec<u8>> = b.commit(now).unwrap().into_iter().collect();
     for _ in 0..16 {
+        if to_a.is_empty() && to_b.is_empty() {
+            release_held_back(a, b, now, &mut to_a, &mut to_b);
+        }
         if to_a.is_empty() && to_b.is_empty() {
             return;
         }
@@ -74,6 +78,22 @@ pub fn pump<S1: LineStorage, S2: LineStorage>(a: &mut Line<S1>, b: &mut Line<S2>
         to_b = next_b;
     }
     panic!("audit messages did not settle");
+}
+
+/// Cosigns what the rate bound held back on either side (at its due time, or `now`).
+pub fn release_held_back<S1: LineStorage, S2: LineStorage>(
+    a: &mut Line<S1>,
+    b: &mut Line<S2>,
+    now: u64,
+    to_a: &mut Vec<Vec<u8>>,
+    to_b: &mut Vec<Vec<u8>>,
+) {
+    if let Some(t) = a.poll_timeout() {
+        to_b.extend(a.handle_timeout(t.max(now)).unwrap());
+    }
+    if let Some(t) = b.poll_timeout() {
+        to_a.extend(b.handle_timeout(t.max(now)).unwrap());
+    }
 }
 
 /// `from` sends message `seq` to `to`: logged as sent, received (made durable before the
