@@ -371,6 +371,11 @@ const REPOST_GRACE: Duration = Duration::from_secs(2);
 /// path a live session can take that long, and sealing what could go live costs forward
 /// secrecy.
 const AWAY_AFTER: Duration = Duration::from_secs(15);
+/// A relay that says the peer is not subscribed (`NO_SUBSCRIBER`) while the peer was heard
+/// live less than [`AWAY_AFTER`] ago is most likely seeing both ends re-subscribe after the
+/// same outage: live attempts go on this long before the peer counts as away and what is
+/// pending is sealed for the relay to hold.
+const RESUBSCRIBE_GRACE: Duration = Duration::from_secs(3);
 /// Longest silence waited for before a path counts as stalled (after replacements that
 /// brought nothing back).
 const STALL_MAX: Duration = Duration::from_secs(16);
@@ -441,6 +446,11 @@ pub struct Conn {
     /// at the peer, is noticed even when nobody has anything to send).
     confirmed: bool,
     relay_attempt_since: Option<Instant>,
+    /// The peer counts as away at this instant unless heard live before it (see
+    /// [`RESUBSCRIBE_GRACE`]).
+    away_at: Option<Instant>,
+    /// When something authentic last came live (not in an envelope) from the peer.
+    heard_live: Option<Instant>,
     mbox_due: bool,
     audit_out: VecDeque<Vec<u8>>,
     start_frames_dirty: bool,
@@ -534,6 +544,8 @@ impl Conn {
             probe_at: None,
             confirmed: false,
             relay_attempt_since: None,
+            away_at: None,
+            heard_live: None,
             mbox_due: false,
             audit_out: VecDeque::new(),
             start_frames_dirty: true,
@@ -559,6 +571,7 @@ impl Conn {
             self.line.poll_timeout(),
             self.sender.poll_timeout(),
             self.relay_attempt_since.map(|t| t + AWAY_AFTER),
+            self.away_at,
             self.env_ack_at,
             self.probe_at,
             self.stall_deadline(),
@@ -991,6 +1004,11 @@ impl Conn {
                 self.send_ack_envelope(now);
             }
         }
+        if self.away_at.is_some_and(|t| t <= now.at) {
+            // the peer did not come back through the relay in its grace: it is away
+            self.away_at = None;
+            self.set_away(now);
+        }
         if self
             .relay_attempt_since
             .is_some_and(|t| now.at.saturating_duration_since(t) >= AWAY_AFTER)
@@ -1124,6 +1142,7 @@ impl Conn {
     }
 
     fn set_away(&mut self, now: Now) {
+        self.away_at = None;
         if !self.peer_away {
             self.peer_away = true;
             self.events.push_back(Event::PeerAway);

@@ -207,6 +207,8 @@ impl Conn {
     /// Something authentic arrived from the peer.
     fn heard(&mut self, now: Now) {
         self.peer_away = false;
+        self.away_at = None;
+        self.heard_live = Some(now.at);
         let stalled = self
             .last_heard
             .is_none_or(|t| now.at.saturating_duration_since(t) >= STALL_AFTER);

@@ -495,6 +495,7 @@ impl Conn {
         if code == liaison_wire::hop::err::NO_SUBSCRIBER {
             // the peer is not at the relay: whatever our session says, it is away
             if !self.peer_away
+                && self.away_at.is_none()
                 && let Some(PathKind::Relay { relay }) = kind
             {
                 self.events
@@ -504,7 +505,15 @@ impl Conn {
                     }));
             }
             self.relay_attempt_since = None;
-            self.set_away(now);
+            let recently = self
+                .heard_live
+                .is_some_and(|t| now.at.saturating_duration_since(t) < super::AWAY_AFTER);
+            if self.peer_away || !recently {
+                self.set_away(now);
+            } else if self.away_at.is_none() {
+                // most likely re-subscribing after the same outage as ours: a moment more
+                self.away_at = Some(now.at + super::RESUBSCRIBE_GRACE);
+            }
         } else if let Some(p) = self.posted.get(&reference) {
             if p.stored_at.is_empty() {
                 let seqs = p.env.completes.clone();

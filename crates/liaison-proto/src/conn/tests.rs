@@ -522,6 +522,69 @@ fn envelopes_are_posted_again_after_a_relay_lost_them() {
     );
 }
 
+/// Both ends meet at a relay and talk live; then the relay says bob is not subscribed.
+fn live_through_relay_then_bob_unsubscribed(start: Instant) -> (Party, Party, Relay) {
+    let (mut a, mut b) = pair();
+    let mut relay = Relay {
+        held: BTreeMap::new(),
+        deleted: Vec::new(),
+    };
+    let n = now_at(start, 0);
+    a.conn.path_up(n, 2, relay_kind());
+    b.conn.path_up(n, 2, relay_kind());
+    a.send(n, "live");
+    relay_round(&mut a, &mut relay, &mut b, true, n);
+    assert_eq!(b.delivered, vec![1]);
+    assert!(a.queued.is_empty());
+    // an outage later, alice's new relay connection is up before bob's
+    let n = now_at(start, 5_000);
+    a.send(n, "after the outage");
+    relay_round(&mut a, &mut relay, &mut b, false, n);
+    (a, b, relay)
+}
+
+/// Found by the impaired relay test: after a cut, both relay connections are replaced; the
+/// one that comes back first hears `NO_SUBSCRIBER` for the other, and everything pending was
+/// sealed for the relay to hold, though the peer re-subscribed a moment later. A peer heard
+/// live moments ago gets `RESUBSCRIBE_GRACE` before it counts as away.
+#[test]
+fn a_peer_heard_moments_ago_gets_a_grace_to_resubscribe() {
+    let start = Instant::now();
+    let (mut a, mut b, mut relay) = live_through_relay_then_bob_unsubscribed(start);
+    assert!(relay.held.is_empty(), "sealed at the first NO_SUBSCRIBER");
+    assert!(!a.conn.status(now_at(start, 5_000)).peer_away);
+    // bob is back within the grace: alice's next message goes live, bob answers, and the
+    // message the relay refused goes again at once
+    let n = now_at(start, 6_000);
+    a.send(n, "bob is back");
+    relay_round(&mut a, &mut relay, &mut b, true, n);
+    assert_eq!(b.delivered, vec![1, 2, 3]);
+    assert_eq!(a.acked, 3);
+    // the grace ends with nothing to seal
+    let n = now_at(start, 9_000);
+    a.conn.handle_timeout(n);
+    relay_round(&mut a, &mut relay, &mut b, true, n);
+    assert!(a.queued.is_empty(), "sealed: {:?}", a.queued);
+    assert!(relay.held.is_empty());
+    assert!(!a.conn.status(n).peer_away);
+}
+
+#[test]
+fn a_peer_that_does_not_resubscribe_in_its_grace_is_away() {
+    let start = Instant::now();
+    let (mut a, mut b, mut relay) = live_through_relay_then_bob_unsubscribed(start);
+    assert!(relay.held.is_empty());
+    // still not subscribed when the grace ends: what is pending is sealed for the relay
+    let n = now_at(start, 8_000);
+    assert!(a.conn.poll_timeout().is_some_and(|t| t <= n.at));
+    a.conn.handle_timeout(n);
+    a.events(n);
+    relay_round(&mut a, &mut relay, &mut b, false, n);
+    assert!(a.conn.status(n).peer_away);
+    assert_eq!(a.queued, vec![2]);
+    assert_eq!(relay.held.len(), 1);
+}
+
 /// A restarted node posts the envelopes it sealed before (persisted by the shell) again,
 /// byte for byte: the relay dedupes them, and nothing is sealed twice.
 #[test]
