@@ -59,7 +59,14 @@ async fn make(name: &str, relay: Option<&InProcRelay>) -> Result<TestNode> {
     }
     let path = dir.path().join("node.db");
     let db = store::open(&path)?;
-    let node = Node::start(db, path, secrets, NodeOptions::default())?;
+    let node = Node::start(
+        db,
+        path,
+        secrets,
+        NodeOptions {
+            hop_limits: crate::hop_limits(),
+        },
+    )?;
     if let Some(row) = row {
         node.db()
             .write(move |conn| store::add_relay(conn, &row, false))

@@ -101,6 +101,22 @@ struct Args {
     /// Also measure the audit log (appends with checkpoints, checking a large bundle).
     #[arg(long)]
     audit: bool,
+    /// QUIC congestion controller of every hop in the run, raw quinn's included: bbr (the
+    /// node's and relay's default) or cubic (quinn's default).
+    #[arg(long, value_name = "CC", default_value = "bbr")]
+    cc: liaison_hop::Congestion,
+}
+
+/// The congestion controller chosen with `--cc`.
+static CONGESTION: std::sync::OnceLock<liaison_hop::Congestion> = std::sync::OnceLock::new();
+
+/// The QUIC limits of the bench's hops: quinn's defaults as the node has them, with the
+/// congestion controller of `--cc`.
+pub(crate) fn hop_limits() -> liaison_hop::HopLimits {
+    liaison_hop::HopLimits {
+        congestion: CONGESTION.get().copied().unwrap_or_default(),
+        ..liaison_hop::HopLimits::default()
+    }
 }
 
 /// Sizes of one run.
@@ -792,6 +808,7 @@ fn main() -> std::process::ExitCode {
         return std::process::ExitCode::from(u8::try_from(code).unwrap_or(1));
     }
     let args = Args::parse();
+    let _ = CONGESTION.set(args.cc);
     let plan = Plan::new(&args);
     let started = Instant::now();
     let mut out = Map::new();
@@ -822,6 +839,11 @@ fn main() -> std::process::ExitCode {
         }),
     );
     put(&mut out, "quick", args.quick);
+    put(
+        &mut out,
+        "congestion_controller",
+        format!("{:?}", args.cc).to_lowercase(),
+    );
 
     if wants(&args, "noise") {
         progress(args.json, "Noise cost (one core)");

@@ -278,7 +278,7 @@ async fn run_clients(nodes: usize, s: &Started) -> Value {
         stream_window: 64 * 1024,
         connection_window: 128 * 1024,
         hello_timeout: Duration::from_secs(20),
-        ..HopLimits::default()
+        ..crate::hop_limits()
     };
     let mut endpoints = Vec::new();
     for _ in 0..CLIENT_ENDPOINTS {

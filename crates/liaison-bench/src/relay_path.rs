@@ -47,7 +47,7 @@ use crate::raw::{RTT_LEN, bulk_timeout};
 use crate::setup::{SETUP_TIMEOUT, Side, line_pair_with_inboxes, wall};
 use anyhow::{Context, Result, bail};
 use bytes::Bytes;
-use liaison_hop::{HopKey, HopLimits, HopReader};
+use liaison_hop::{HopKey, HopReader};
 use liaison_proto::line::{Line, LineEvent, Received};
 use liaison_relay::metrics::Dropped;
 use liaison_relay::{Relay, RelayConfig, RelayHandle, RelayHome};
@@ -119,7 +119,8 @@ impl InProcRelay {
     /// `liaison_relay::serve` does (home with its key and card, store, endpoint).
     pub async fn start() -> Result<InProcRelay> {
         let dir = tempfile::tempdir()?;
-        let config = RelayConfig::new(dir.path().join("home"), ([127, 0, 0, 1], 0).into());
+        let mut config = RelayConfig::new(dir.path().join("home"), ([127, 0, 0, 1], 0).into());
+        config.hop.congestion = crate::hop_limits().congestion;
         let home = RelayHome::open(&config.home)?;
         let relay = Relay::open(config)?;
         let key = home.key();
@@ -182,7 +183,7 @@ pub async fn relay_client(
     let ep = liaison_hop::client_endpoint(relay.addr)?;
     let hop = tokio::time::timeout(
         SETUP_TIMEOUT,
-        liaison_hop::connect(&ep, relay.addr, &key, &relay.spki, &HopLimits::default()),
+        liaison_hop::connect(&ep, relay.addr, &key, &relay.spki, &crate::hop_limits()),
     )
     .await
     .context("relay connect timed out")??;

@@ -4,7 +4,7 @@
 //! whose Noise session is established by a real KKpsk2 + ML-KEM-768 handshake over that hop.
 
 use anyhow::{Context, Result, anyhow, bail};
-use liaison_hop::{ClientPins, HopKey, HopLimits, HopReader, HopWriter};
+use liaison_hop::{ClientPins, HopKey, HopReader, HopWriter};
 use liaison_proto::handshake::Tai64N;
 use liaison_proto::inbox::InboxKeys;
 use liaison_proto::keys::{LocalKeys, NoiseSecret, PeerKeys, random_bytes};
@@ -57,7 +57,7 @@ impl HopPair {
     pub async fn new() -> Result<HopPair> {
         let server_key = HopKey::generate()?;
         let client_key = HopKey::generate()?;
-        let limits = HopLimits::default();
+        let limits = crate::hop_limits();
         let pins = Arc::new(OnePin(client_key.spki().to_vec()));
         let cfg = liaison_hop::server_config(&server_key, pins, &limits)?;
         let server_ep = liaison_hop::server_endpoint(([127, 0, 0, 1], 0).into(), cfg)?;

@@ -95,6 +95,34 @@ pub struct HopLimits {
     pub max_bidi_streams: u32,
     /// How long a new hop may take to say `HELLO` / `READY`.
     pub hello_timeout: Duration,
+    /// The congestion controller of the hop's QUIC connection.
+    pub congestion: Congestion,
+}
+
+/// A QUIC congestion controller (quinn's implementations).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Congestion {
+    /// BBR: paces by measured bandwidth and round trip instead of halving its window at every
+    /// loss, so a line on a path that drops one packet in five still moves (CUBIC collapses
+    /// there) and its queues stay short. It costs CPU per byte (pacing): on loopback, bulk
+    /// transfers run at about half of CUBIC's rate (`docs/performance.md`). The default.
+    #[default]
+    Bbr,
+    /// CUBIC, quinn's own default: the fastest on a clean path, slow to recover from loss.
+    Cubic,
+}
+
+impl std::str::FromStr for Congestion {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "bbr" => Ok(Congestion::Bbr),
+            "cubic" => Ok(Congestion::Cubic),
+            other => Err(format!(
+                "unknown congestion controller {other:?} (bbr or cubic)"
+            )),
+        }
+    }
 }
 
 impl Default for HopLimits {
@@ -106,6 +134,7 @@ impl Default for HopLimits {
             connection_window: 8 * 1024 * 1024,
             max_bidi_streams: 1,
             hello_timeout: Duration::from_secs(10),
+            congestion: Congestion::default(),
         }
     }
 }
@@ -122,11 +151,15 @@ impl HopLimits {
             .stream_receive_window(VarInt::from_u32(self.stream_window))
             .receive_window(VarInt::from_u32(self.connection_window))
             .send_window(u64::from(self.connection_window))
-            .datagram_receive_buffer_size(None)
-            // BBR paces by measured bandwidth and round trip instead of halving its window at
-            // every loss: a line on a path that drops one packet in five still moves (CUBIC,
-            // quinn's default, collapses there) and its queues stay short
-            .congestion_controller_factory(Arc::new(quinn::congestion::BbrConfig::default()));
+            .datagram_receive_buffer_size(None);
+        match self.congestion {
+            Congestion::Bbr => {
+                t.congestion_controller_factory(Arc::new(quinn::congestion::BbrConfig::default()))
+            }
+            Congestion::Cubic => {
+                t.congestion_controller_factory(Arc::new(quinn::congestion::CubicConfig::default()))
+            }
+        };
         Ok(t)
     }
 }
@@ -574,6 +607,51 @@ mod tests {
                     }
                 }
             });
+        }
+    }
+
+    #[test]
+    fn congestion_controllers_parse_by_name() {
+        assert_eq!("bbr".parse::<Congestion>(), Ok(Congestion::Bbr));
+        assert_eq!("cubic".parse::<Congestion>(), Ok(Congestion::Cubic));
+        assert!(
+            "reno"
+                .parse::<Congestion>()
+                .unwrap_err()
+                .contains("bbr or cubic")
+        );
+        assert_eq!(HopLimits::default().congestion, Congestion::Bbr);
+    }
+
+    /// Each congestion controller carries a hop (1 MiB one way, echoed back in one frame).
+    #[tokio::test]
+    async fn both_congestion_controllers_carry_a_hop() {
+        for congestion in [Congestion::Bbr, Congestion::Cubic] {
+            let server_key = HopKey::generate().unwrap();
+            let client_key = HopKey::generate().unwrap();
+            let pins = Arc::new(Set::default());
+            pins.0.lock().unwrap().insert(client_key.spki().to_vec());
+            let limits = HopLimits {
+                congestion,
+                ..HopLimits::default()
+            };
+            let cfg = server_config(&server_key, pins, &limits).unwrap();
+            let ep = server_endpoint("127.0.0.1:0".parse().unwrap(), cfg).unwrap();
+            let addr = ep.local_addr().unwrap();
+            tokio::spawn(serve(ep, limits.clone()));
+            let cep = client_endpoint(addr).unwrap();
+            let mut hop = connect(&cep, addr, &client_key, &server_key.spki(), &limits)
+                .await
+                .unwrap();
+            let blob = vec![0x42u8; 60_000];
+            for _ in 0..16 {
+                hop.writer.send(&HopFrame::Blob(&blob)).await.unwrap();
+                assert_eq!(
+                    hop.reader.next().await.unwrap(),
+                    Some(HopFrame::Blob(&blob[..])),
+                    "{congestion:?}"
+                );
+            }
         }
     }
 

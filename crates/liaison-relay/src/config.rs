@@ -114,6 +114,7 @@ pub fn relay_hop_limits() -> HopLimits {
         connection_window: 1024 * 1024,
         max_bidi_streams: 1,
         hello_timeout: Duration::from_secs(10),
+        congestion: liaison_hop::Congestion::default(),
     }
 }
 
