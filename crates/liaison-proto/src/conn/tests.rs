@@ -522,6 +522,50 @@ fn envelopes_are_posted_again_after_a_relay_lost_them() {
     );
 }
 
+/// Defect 3, the other way a relay stops being a copy: the contact moves to another relay.
+/// What the old relay held is posted, byte for byte, on the new one once bob is found away
+/// there (it may never see the old relay again).
+#[test]
+fn kept_envelopes_follow_the_contact_to_another_relay() {
+    let start = Instant::now();
+    let (mut a, mut b) = pair();
+    let mut old = Relay {
+        held: BTreeMap::new(),
+        deleted: Vec::new(),
+    };
+    let n = now_at(start, 0);
+    queue_for_absent_bob(&mut a, &mut b, &mut old, n, &["before the move"]);
+    assert_eq!(a.queued, vec![1]);
+    let ids: Vec<EnvelopeId> = old.held.keys().map(|k| k.1).collect();
+    assert_eq!(ids.len(), 1);
+    // `contact set bob --relay r2`: the path to the old relay goes, one to another comes up
+    a.conn.path_down(n, 2);
+    a.conn.path_up(n, 2, PathKind::Relay { relay: [7; 32] });
+    let mut new = Relay {
+        held: BTreeMap::new(),
+        deleted: Vec::new(),
+    };
+    relay_round(&mut a, &mut new, &mut b, false, n);
+    let n = now_at(start, 2_500);
+    a.conn.handle_timeout(n);
+    relay_round(&mut a, &mut new, &mut b, false, n);
+    let moved: Vec<EnvelopeId> = new.held.keys().map(|k| k.1).collect();
+    assert_eq!(moved, ids, "the same envelope, posted on the new relay");
+    // bob subscribes at the new relay and gets it once
+    b.conn.path_up(n, 2, PathKind::Relay { relay: [7; 32] });
+    let (id, blob) = new
+        .held
+        .iter()
+        .next()
+        .map(|(k, v)| (k.1, v.clone()))
+        .unwrap();
+    let ring = &b.ring;
+    b.conn
+        .handle_relay_deliver(n, 2, Some(id), &blob, |k| ring.find(k));
+    b.events(n);
+    assert_eq!(b.delivered, vec![1]);
+}
+
 /// Both ends meet at a relay and talk live; then the relay says bob is not subscribed.
 fn live_through_relay_then_bob_unsubscribed(start: Instant) -> (Party, Party, Relay) {
     let (mut a, mut b) = pair();
