@@ -30,3 +30,6 @@ mod impaired;
 
 #[path = "e2e/line_engine.rs"]
 mod line_engine;
+
+#[path = "e2e/local_input.rs"]
+mod local_input;

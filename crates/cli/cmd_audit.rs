@@ -210,7 +210,7 @@ fn show(ctx: &Ctx, a: ShowArgs) -> CmdResult {
         return Ok(Code::Ok);
     }
     if entries.is_empty() {
-        println!("no entries");
+        outln!("no entries");
     }
     let mut last = String::new();
     for e in entries {
@@ -218,13 +218,13 @@ fn show(ctx: &Ctx, a: ShowArgs) -> CmdResult {
             let name = hex_channel(&e.channel)
                 .and_then(|c| lines.names.get(&c).cloned())
                 .unwrap_or_else(|| "(removed contact)".into());
-            println!(
+            outln!(
                 "== line with {name} (channel {}…)",
                 &e.channel[..16.min(e.channel.len())]
             );
             last = e.channel.clone();
         }
-        println!(
+        outln!(
             "{:>6}  {}  {}",
             e.entry.index,
             human_time(e.entry.time_ms / 1000),
@@ -246,14 +246,16 @@ fn verify_cmd(ctx: &Ctx) -> CmdResult {
                         let name = hex_channel(&b.channel)
                             .and_then(|c| lines.names.get(&c).cloned())
                             .unwrap_or_else(|| "(removed contact)".into());
-                        println!(
+                        outln!(
                             "line with {name}: {} entries, {} checkpoints (latest {}), all verified",
-                            b.entries, b.checkpoints, b.latest_checkpoint
+                            b.entries,
+                            b.checkpoints,
+                            b.latest_checkpoint
                         );
                     }
                 }
                 if reports.is_empty() {
-                    println!("no lines logged yet");
+                    outln!("no lines logged yet");
                 }
             }
             Ok(Code::Ok)
@@ -311,8 +313,8 @@ fn export(ctx: &Ctx, a: ExportArgs) -> CmdResult {
     if ctx.json {
         print_json(&serde_json::json!({"out": a.out.display().to_string(), "bytes": size}));
     } else {
-        println!("wrote {} ({size} bytes)", a.out.display());
-        eprintln!(
+        outln!("wrote {} ({size} bytes)", a.out.display());
+        errln!(
             "the bundle reveals both identities and the timing and volume of the line, not what \
              was said"
         );
@@ -378,7 +380,7 @@ fn reveal(ctx: &Ctx, a: RevealArgs) -> CmdResult {
         .map_err(|e| runtime(format!("cannot create {}: {e}", a.out.display())))?;
     writeln!(f, "{opening}").ctx("writing the opening")?;
     if !ctx.json {
-        println!(
+        outln!(
             "wrote {}: entry {index} of your log; it contains the message text",
             a.out.display()
         );
@@ -404,8 +406,7 @@ fn check(ctx: &Ctx, a: CheckArgs) -> CmdResult {
     let report = match &a.opening {
         None => liaison_audit::check(&bundles),
         Some(path) => {
-            let text = std::fs::read_to_string(path)
-                .map_err(|e| runtime(format!("cannot read {}: {e}", path.display())))?;
+            let text = crate::ctx::read_bounded_text(path, 1024 * 1024, "opening")?;
             let v: serde_json::Value = serde_json::from_str(&text)
                 .map_err(|e| usage(format!("{} is not an opening: {e}", path.display())))?;
             let field = |k: &str| {
@@ -436,7 +437,7 @@ fn check(ctx: &Ctx, a: CheckArgs) -> CmdResult {
                 })?;
             liaison_audit::check_opening(&bundles, which, index, &salt, &body).map(|(m, r)| {
                 if !ctx.json {
-                    println!(
+                    outln!(
                         "opening holds: entry {index} commits to this message ({} bytes)",
                         body.len()
                     );
@@ -452,7 +453,7 @@ fn check(ctx: &Ctx, a: CheckArgs) -> CmdResult {
                 print_json(&serde_json::json!({"ok": true, "report": r}));
             } else {
                 for (i, b) in r.bundles.iter().enumerate() {
-                    println!(
+                    outln!(
                         "bundle {}: log of {}… with {}…: {} entries, {} checkpoints, verified{}",
                         i + 1,
                         &b.identity[..12.min(b.identity.len())],
@@ -463,7 +464,7 @@ fn check(ctx: &Ctx, a: CheckArgs) -> CmdResult {
                     );
                 }
                 if let Some(c) = &r.cross {
-                    println!(
+                    outln!(
                         "both sides agree: {} held checkpoints consistent, {} acknowledged messages \
                          and {} receipts matched",
                         c.held_checkpoints_checked,
@@ -477,7 +478,7 @@ fn check(ctx: &Ctx, a: CheckArgs) -> CmdResult {
         Err(e) => {
             if let CheckError::Fork { .. } = &e {
                 // the two conflicting notes are the evidence: print them in full
-                println!("{e}");
+                outln!("{e}");
             }
             Err(verify(format!("verification failed: {e}")))
         }

@@ -133,7 +133,7 @@ fn tell_listener(ctx: &Ctx, name: &str) {
     };
     let sock = home.control_socket_path();
     if sock.exists() && !crate::control::notify_contact_changed(&sock, name) {
-        eprintln!(
+        errln!(
             "warning: the running `liaison listen` did not confirm the change; it applies it \
              within a few seconds"
         );
@@ -210,13 +210,13 @@ fn add(ctx: &Ctx, a: AddArgs) -> CmdResult {
             "safety_number": number, "verified": false, "replaced": replace,
         }));
     } else {
-        println!(
+        outln!(
             "pinned {name} (their card says \"{}\"), fingerprint {}",
             card.name(),
             card.fingerprint()
         );
-        println!("safety number: {number}");
-        println!(
+        outln!("safety number: {number}");
+        outln!(
             "read it aloud with {name} on a channel you trust, then run `liaison verify {name} --confirm`"
         );
     }
@@ -240,10 +240,10 @@ fn list(ctx: &Ctx) -> CmdResult {
             .collect();
         print_json(&serde_json::Value::Array(v));
     } else if rows.is_empty() {
-        println!("no contacts yet: pin one with `liaison contact add NAME CARD`");
+        outln!("no contacts yet: pin one with `liaison contact add NAME CARD`");
     } else {
         for c in rows {
-            println!(
+            outln!(
                 "{}  {}  {}{}{}{}",
                 c.name,
                 if c.verified {
@@ -296,7 +296,7 @@ fn remove(ctx: &Ctx, name: &str) -> CmdResult {
         return Err(no_such(name));
     }
     if !ctx.json {
-        println!("removed {name} and its messages");
+        outln!("removed {name} and its messages");
     } else {
         print_json(&serde_json::json!({"removed": name}));
     }
@@ -341,7 +341,7 @@ fn set(ctx: &Ctx, a: SetArgs) -> CmdResult {
     if ctx.json {
         print_json(&serde_json::json!({"updated": a.name}));
     } else {
-        println!("updated {}", a.name);
+        outln!("updated {}", a.name);
     }
     Ok(Code::Ok)
 }
@@ -387,8 +387,8 @@ fn pair(ctx: &Ctx, a: PairArgs) -> CmdResult {
         if ctx.json {
             print_json(&serde_json::json!({"contact": a.name, "secret": text.as_str()}));
         } else {
-            println!("{}", text.as_str());
-            eprintln!(
+            outln!("{}", text.as_str());
+            errln!(
                 "carry this to {} in person (never over the line itself); they run \
                  `liaison contact pair YOURNAME SECRET`",
                 a.name
@@ -397,7 +397,7 @@ fn pair(ctx: &Ctx, a: PairArgs) -> CmdResult {
     } else if ctx.json {
         print_json(&serde_json::json!({"contact": a.name, "paired": true}));
     } else {
-        println!("pairing secret stored for {}", a.name);
+        outln!("pairing secret stored for {}", a.name);
     }
     Ok(Code::Ok)
 }
@@ -423,7 +423,7 @@ fn reset_replay(ctx: &Ctx, name: &str) -> CmdResult {
     if !ok {
         return Err(no_such(name));
     }
-    println!("the next handshake from {name} will be accepted whatever its time (logged)");
+    outln!("the next handshake from {name} will be accepted whatever its time (logged)");
     Ok(Code::Ok)
 }
 
@@ -459,14 +459,14 @@ pub fn verify(ctx: &Ctx, a: VerifyArgs) -> CmdResult {
             "contact": a.name, "safety_number": number, "verified": verified,
         }));
     } else {
-        println!("safety number with {}:", a.name);
-        println!("{number}");
+        outln!("safety number with {}:", a.name);
+        outln!("{number}");
         if a.confirm {
-            println!("{} is now marked verified", a.name);
+            outln!("{} is now marked verified", a.name);
         } else if verified {
-            println!("(already verified)");
+            outln!("(already verified)");
         } else {
-            println!(
+            outln!(
                 "compare it aloud with {name}: both screens must show the same 60 digits; then \
                  run `liaison verify {name} --confirm`",
                 name = a.name

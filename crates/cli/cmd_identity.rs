@@ -88,7 +88,7 @@ pub fn init(ctx: &Ctx, a: InitArgs) -> CmdResult {
     db.write_blocking(move |c| store::log_event(c, unix_now(), None, "key", &detail))
         .ctx("logging")?;
     if pass.is_none() {
-        eprintln!(
+        errln!(
             "WARNING: the keys in {} are NOT encrypted (--no-passphrase). Anyone who can read \
              this home can impersonate you.",
             home.keys_path().display()
@@ -103,10 +103,10 @@ pub fn init(ctx: &Ctx, a: InitArgs) -> CmdResult {
             "encrypted": pass.is_some(),
         }));
     } else {
-        println!("identity created in {}", home.dir().display());
-        println!("fingerprint: {}", verified.fingerprint());
-        println!("your card (give it to your partner; it holds no secret):");
-        println!("{text}");
+        outln!("identity created in {}", home.dir().display());
+        outln!("fingerprint: {}", verified.fingerprint());
+        outln!("your card (give it to your partner; it holds no secret):");
+        outln!("{text}");
     }
     Ok(Code::Ok)
 }
@@ -122,8 +122,8 @@ pub fn id(ctx: &Ctx) -> CmdResult {
             "fingerprint": card.fingerprint(),
         }));
     } else {
-        println!("{}", card.to_text());
-        println!("fingerprint: {}", card.fingerprint());
+        outln!("{}", card.to_text());
+        outln!("fingerprint: {}", card.fingerprint());
     }
     Ok(Code::Ok)
 }

@@ -592,8 +592,7 @@ fn file_payload(path: &PathBuf) -> Result<(String, Vec<u8>), Failure> {
             MAX_MESSAGE_BODY
         )));
     }
-    let body =
-        std::fs::read(path).map_err(|e| runtime(format!("cannot read {}: {e}", path.display())))?;
+    let body = crate::ctx::read_bounded(path, MAX_MESSAGE_BODY as u64, "file to send")?;
     Ok((name, body))
 }
 
@@ -735,7 +734,7 @@ pub fn listen(ctx: &Ctx, a: ListenArgs) -> CmdResult {
         for r in &a.relays {
             match node.use_relay(r, Duration::from_secs(5)).await {
                 Ok(true) => {}
-                Ok(false) => eprintln!(
+                Ok(false) => errln!(
                     "warning: relay {r} is not reachable yet; still trying in the background"
                 ),
                 Err(e) => {
@@ -748,11 +747,11 @@ pub fn listen(ctx: &Ctx, a: ListenArgs) -> CmdResult {
             ControlListener::bind(&home.control_socket_path()).ctx("opening the control socket")?;
         let mut events = node.subscribe();
         match addr {
-            Some(addr) => eprintln!("listening on {addr}"),
-            None => eprintln!("listening on relay {}", a.relays.join(", ")),
+            Some(addr) => errln!("listening on {addr}"),
+            None => errln!("listening on relay {}", a.relays.join(", ")),
         }
         if json {
-            println!(
+            outln!(
                 "{}",
                 serde_json::json!({
                     "event": "listening",
@@ -762,7 +761,7 @@ pub fn listen(ctx: &Ctx, a: ListenArgs) -> CmdResult {
             );
         }
         if let Err(e) = node.resume_pending().await {
-            eprintln!("warning: cannot resume pending deliveries: {e}");
+            errln!("warning: cannot resume pending deliveries: {e}");
         }
         let mut out = Local;
         let stop = interrupted();
@@ -773,7 +772,7 @@ pub fn listen(ctx: &Ctx, a: ListenArgs) -> CmdResult {
                 ev = events.recv() => match ev {
                     Ok(ev) => show(&mut out, &ev, json),
                     Err(broadcast::error::RecvError::Lagged(n)) => {
-                        eprintln!("warning: {n} events not shown (see `liaison inbox`)");
+                        errln!("warning: {n} events not shown (see `liaison inbox`)");
                     }
                     Err(broadcast::error::RecvError::Closed) => break,
                 },
@@ -782,11 +781,11 @@ pub fn listen(ctx: &Ctx, a: ListenArgs) -> CmdResult {
                         let n = node.clone();
                         tokio::spawn(control::serve_connection(n, stream));
                     }
-                    Err(e) => eprintln!("warning: control socket: {e}"),
+                    Err(e) => errln!("warning: control socket: {e}"),
                 },
             }
         }
-        eprintln!("shutting down");
+        errln!("shutting down");
         node.shutdown().await;
         drop(control);
         Ok(Code::Ok)

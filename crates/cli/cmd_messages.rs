@@ -134,7 +134,7 @@ pub fn inbox(ctx: &Ctx, a: InboxArgs) -> CmdResult {
                 &serde_json::json!({"saved": id, "path": out.display().to_string(), "size": c.body.len()}),
             );
         } else {
-            println!("saved {id} ({} bytes) to {}", c.body.len(), out.display());
+            outln!("saved {id} ({} bytes) to {}", c.body.len(), out.display());
         }
         return Ok(Code::Ok);
     }
@@ -180,10 +180,10 @@ pub fn inbox(ctx: &Ctx, a: InboxArgs) -> CmdResult {
             .collect();
         print_json(&serde_json::Value::Array(v));
     } else if items.is_empty() {
-        println!("no messages");
+        outln!("no messages");
     } else {
         for (r, c) in items {
-            println!(
+            outln!(
                 "{} [{}:{}] {}",
                 human_time(r.received),
                 r.contact,
@@ -262,12 +262,12 @@ pub fn history(ctx: &Ctx, a: HistoryArgs) -> CmdResult {
             .collect();
         print_json(&serde_json::Value::Array(v));
     } else if items.is_empty() {
-        println!("nothing yet with {}", a.name);
+        outln!("nothing yet with {}", a.name);
     } else {
         for i in items {
             let arrow = if i.dir == "sent" { "->" } else { "<-" };
             let st = i.status.map(|s| format!(" ({s})")).unwrap_or_default();
-            println!(
+            outln!(
                 "{} {arrow} [{}] {}{st}",
                 human_time(i.at),
                 i.id,
@@ -296,7 +296,7 @@ pub fn outbox(ctx: &Ctx, a: OutboxArgs) -> CmdResult {
         if ctx.json {
             print_json(&serde_json::json!({"dropped": id}));
         } else {
-            println!("dropped {id}");
+            outln!("dropped {id}");
         }
         return Ok(Code::Ok);
     }
@@ -329,10 +329,10 @@ pub fn outbox(ctx: &Ctx, a: OutboxArgs) -> CmdResult {
             .collect();
         print_json(&serde_json::Value::Array(arr));
     } else if v.is_empty() {
-        println!("outbox empty: everything was delivered");
+        outln!("outbox empty: everything was delivered");
     } else {
         for (r, c) in v {
-            println!(
+            outln!(
                 "{} [{}:{}] {} ({})",
                 human_time(r.created),
                 r.contact,
@@ -380,7 +380,7 @@ pub fn status(ctx: &Ctx) -> CmdResult {
     if ctx.json {
         print_json(&serde_json::json!({"node_running": live.is_some(), "contacts": out}));
     } else {
-        println!(
+        outln!(
             "node: {}",
             if live.is_some() {
                 "running (liaison listen)"
@@ -389,7 +389,7 @@ pub fn status(ctx: &Ctx) -> CmdResult {
             }
         );
         for (c, o) in contacts.iter().zip(&out) {
-            println!(
+            outln!(
                 "{}: line {}, {} pending, last seen {}, our log cosigned by them up to {}{}",
                 c.name,
                 if o["line_up"].as_bool() == Some(true) {
@@ -408,7 +408,7 @@ pub fn status(ctx: &Ctx) -> CmdResult {
             );
         }
         if contacts.is_empty() {
-            println!("no contacts");
+            outln!("no contacts");
         }
     }
     Ok(Code::Ok)

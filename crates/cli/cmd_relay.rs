@@ -111,17 +111,17 @@ fn serve(ctx: &Ctx, a: ServeArgs) -> CmdResult {
         let stop = shutdown.clone();
         let (htx, mut hrx) = tokio::sync::oneshot::channel();
         let server = liaison_relay::serve(cfg, shutdown.clone(), move |r| {
-            eprintln!("listening on {}", r.addr);
+            errln!("listening on {}", r.addr);
             if let Some(m) = r.metrics_addr {
-                eprintln!("metrics on http://{m}/metrics");
+                errln!("metrics on http://{m}/metrics");
             }
             if json {
-                println!(
+                outln!(
                     "{}",
                     serde_json::json!({"event": "listening", "addr": r.addr.to_string(), "card": r.card_text})
                 );
             } else {
-                println!("{}", r.card_text);
+                outln!("{}", r.card_text);
             }
             let _ = htx.send(r.handle);
         });
@@ -133,13 +133,13 @@ fn serve(ctx: &Ctx, a: ServeArgs) -> CmdResult {
                     return r.map(|()| Code::Ok).map_err(|e| runtime(format!("relay: {e}")));
                 }
                 h = &mut hrx, if handle.is_none() => { handle = h.ok(); }
-                _ = term.recv() => { eprintln!("draining and stopping"); stop.cancel(); }
-                _ = int.recv() => { eprintln!("draining and stopping"); stop.cancel(); }
+                _ = term.recv() => { errln!("draining and stopping"); stop.cancel(); }
+                _ = int.recv() => { errln!("draining and stopping"); stop.cancel(); }
                 _ = hup.recv() => {
                     match handle.as_ref().map(|h: &liaison_relay::RelayHandle| h.reload_allow_list()) {
-                        Some(Ok(r)) => eprintln!("allow list reloaded: {r:?}"),
-                        Some(Err(e)) => eprintln!("allow list NOT reloaded (the old one stays): {e}"),
-                        None => eprintln!("SIGHUP before the relay was ready: ignored"),
+                        Some(Ok(r)) => errln!("allow list reloaded: {r:?}"),
+                        Some(Err(e)) => errln!("allow list NOT reloaded (the old one stays): {e}"),
+                        None => errln!("SIGHUP before the relay was ready: ignored"),
                     }
                 }
             }
@@ -204,9 +204,9 @@ fn add(ctx: &Ctx, a: AddArgs) -> CmdResult {
             "relay": a.name, "addr": card.addr, "hop_key_hash": hash,
         }));
     } else {
-        println!("pinned relay {} at {}", a.name, card.addr);
-        println!("this node's hop key hash for it (give it to the relay's operator for --allow):");
-        println!("{hash}");
+        outln!("pinned relay {} at {}", a.name, card.addr);
+        outln!("this node's hop key hash for it (give it to the relay's operator for --allow):");
+        outln!("{hash}");
     }
     Ok(Code::Ok)
 }
@@ -227,10 +227,10 @@ fn list(ctx: &Ctx) -> CmdResult {
             .collect();
         print_json(&serde_json::Value::Array(v));
     } else if rows.is_empty() {
-        println!("no relays: pin one with `liaison relay add NAME CARD`");
+        outln!("no relays: pin one with `liaison relay add NAME CARD`");
     } else {
         for r in rows {
-            println!(
+            outln!(
                 "{}  {}  our key hash {}  (pinned {})",
                 r.name,
                 r.addr,

@@ -237,14 +237,14 @@ pub async fn run_remote(
     let mut code = 1u8;
     while let Some(line) = read_line(&mut rd).await? {
         match serde_json::from_str::<Reply>(&line) {
-            Ok(Reply::Out { line }) => println!("{line}"),
-            Ok(Reply::Err { line }) => eprintln!("{line}"),
+            Ok(Reply::Out { line }) => outln!("{line}"),
+            Ok(Reply::Err { line }) => errln!("{line}"),
             Ok(Reply::Exit { code: c }) => {
                 code = c;
                 break;
             }
             Err(e) => {
-                eprintln!("error: bad reply from the running node: {e}");
+                errln!("error: bad reply from the running node: {e}");
                 break;
             }
         }

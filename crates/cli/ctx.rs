@@ -65,14 +65,13 @@ impl Ctx {
     /// `None` if none is available and `required` is false.
     pub fn passphrase(&self, confirm: bool) -> Result<Zeroizing<String>, Failure> {
         if let Some(f) = &self.global.passphrase_file {
-            let text = std::fs::read_to_string(f)
-                .map(Zeroizing::new)
-                .map_err(|e| {
-                    runtime(format!(
-                        "cannot read the passphrase file {}: {e}",
-                        f.display()
-                    ))
-                })?;
+            let bytes = Zeroizing::new(read_bounded(f, MAX_PASSPHRASE_FILE, "passphrase file")?);
+            let text = std::str::from_utf8(&bytes).map_err(|_| {
+                usage(format!(
+                    "{} is not text (UTF-8): not a passphrase file",
+                    f.display()
+                ))
+            })?;
             let line = text.lines().next().unwrap_or("").to_string();
             return Ok(Zeroizing::new(line));
         }
@@ -119,8 +118,7 @@ impl Ctx {
     /// This node's own card (public file, no passphrase needed).
     pub fn own_card(&self, home: &Home) -> Result<VerifiedCard, Failure> {
         let path = home.dir().join(CARD_FILE);
-        let text = std::fs::read_to_string(&path)
-            .map_err(|e| runtime(format!("cannot read {}: {e}", path.display())))?;
+        let text = read_bounded_text(&path, MAX_CARD_FILE, "card")?;
         parse_card_text(&text).map_err(|e| {
             verify(format!(
                 "this home's own card {} does not verify ({e}); it was altered",
@@ -192,6 +190,52 @@ pub fn prompt_hidden(prompt: &str) -> std::io::Result<Zeroizing<String>> {
     Ok(line)
 }
 
+/// Reads at most `limit` bytes of the file at `path` (`what` names it in errors). Every file
+/// a user names is read this way: a device such as `/dev/zero` or an endless pipe is cut off
+/// after `limit + 1` bytes and refused as too large, never read without end; a directory is
+/// refused. Pipes stay allowed (`--passphrase-file <(pass show liaison)`).
+pub fn read_bounded(path: &Path, limit: u64, what: &str) -> Result<Vec<u8>, Failure> {
+    use std::io::Read;
+    let f = std::fs::File::open(path)
+        .map_err(|e| runtime(format!("cannot read {what} {}: {e}", path.display())))?;
+    let meta = f
+        .metadata()
+        .map_err(|e| runtime(format!("cannot read {what} {}: {e}", path.display())))?;
+    if meta.is_dir() {
+        return Err(usage(format!(
+            "{} is a directory; give the {what} file itself",
+            path.display()
+        )));
+    }
+    let mut buf = Vec::new();
+    f.take(limit.saturating_add(1))
+        .read_to_end(&mut buf)
+        .map_err(|e| runtime(format!("cannot read {what} {}: {e}", path.display())))?;
+    if buf.len() as u64 > limit {
+        return Err(usage(format!(
+            "{} is larger than {limit} bytes: not a {what} (nothing was read further)",
+            path.display()
+        )));
+    }
+    Ok(buf)
+}
+
+/// [`read_bounded`] for a text file.
+pub fn read_bounded_text(path: &Path, limit: u64, what: &str) -> Result<String, Failure> {
+    let bytes = read_bounded(path, limit, what)?;
+    String::from_utf8(bytes).map_err(|_| {
+        usage(format!(
+            "{} is not text (UTF-8): not a {what}",
+            path.display()
+        ))
+    })
+}
+
+/// Largest card file read (a card is a few KiB).
+pub const MAX_CARD_FILE: u64 = 64 * 1024;
+/// Largest passphrase file read (its first line is the passphrase).
+pub const MAX_PASSPHRASE_FILE: u64 = 64 * 1024;
+
 /// Reads CARD or `@FILE`.
 pub fn card_arg(arg: &str) -> Result<String, Failure> {
     match arg.strip_prefix('@') {
@@ -199,11 +243,10 @@ pub fn card_arg(arg: &str) -> Result<String, Failure> {
             let p = Path::new(path);
             let meta = std::fs::metadata(p)
                 .map_err(|e| runtime(format!("cannot read {}: {e}", p.display())))?;
-            if meta.len() > 64 * 1024 {
+            if meta.len() > MAX_CARD_FILE {
                 return Err(verify(format!("{} is too large to be a card", p.display())));
             }
-            std::fs::read_to_string(p)
-                .map_err(|e| runtime(format!("cannot read {}: {e}", p.display())))
+            read_bounded_text(p, MAX_CARD_FILE, "card")
         }
         None => Ok(arg.to_string()),
     }
@@ -211,7 +254,7 @@ pub fn card_arg(arg: &str) -> Result<String, Failure> {
 
 /// Prints a JSON value on one line.
 pub fn print_json(v: &serde_json::Value) {
-    println!("{v}");
+    outln!("{v}");
 }
 
 /// A timestamp for humans (UTC).

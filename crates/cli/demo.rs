@@ -60,9 +60,9 @@ impl Demo {
     fn say(&mut self, what: &str) {
         self.step += 1;
         if self.json {
-            println!("{}", serde_json::json!({"step": self.step, "what": what}));
+            outln!("{}", serde_json::json!({"step": self.step, "what": what}));
         } else {
-            println!("\n[{}] {what}", self.step);
+            outln!("\n[{}] {what}", self.step);
         }
     }
 
@@ -84,7 +84,7 @@ impl Demo {
                     }
                 })
                 .collect();
-            println!("    $ liaison --home <{who}> {}", shown.join(" "));
+            outln!("    $ liaison --home <{who}> {}", shown.join(" "));
         }
     }
 
@@ -178,7 +178,7 @@ impl Demo {
             .ok_or_else(|| fail("listen did not print its address"))?
             .to_string();
         if !self.json {
-            println!("    {who} listens on {addr}");
+            outln!("    {who} listens on {addr}");
         }
         Ok(Listener {
             lines: rx,
@@ -204,7 +204,7 @@ impl Demo {
             if v["event"] == "message" {
                 let text = v["text"].as_str().unwrap_or_default().to_string();
                 if !self.json {
-                    println!(
+                    outln!(
                         "    {who} shows [{}] {text}",
                         v["id"].as_str().unwrap_or("?")
                     );
@@ -240,7 +240,7 @@ impl Demo {
             std::thread::sleep(Duration::from_millis(50));
         }
         if !self.json {
-            println!("    {who}'s node stopped cleanly");
+            outln!("    {who}'s node stopped cleanly");
         }
         Ok(())
     }
@@ -297,25 +297,25 @@ pub fn run(ctx: &Ctx, a: DemoArgs) -> CmdResult {
         children: Vec::new(),
     };
     if !d.json {
-        println!(
+        outln!(
             "liaison demo: two nodes, alice and bob, on 127.0.0.1 in {}",
             root.display()
         );
-        println!("(keys are encrypted with a random passphrase given to each step)");
+        outln!("(keys are encrypted with a random passphrase given to each step)");
     }
     let result = steps(&mut d, a.messages);
     drop(d);
     if a.keep {
-        eprintln!("homes kept in {}", root.display());
+        errln!("homes kept in {}", root.display());
     } else {
         let _ = std::fs::remove_dir_all(&root);
     }
     match result {
         Ok(n) => {
             if ctx.json {
-                println!("{}", serde_json::json!({"demo": "ok", "steps": n}));
+                outln!("{}", serde_json::json!({"demo": "ok", "steps": n}));
             } else {
-                println!("\nall {n} steps held");
+                outln!("\nall {n} steps held");
             }
             Ok(Code::Ok)
         }
@@ -328,7 +328,7 @@ fn steps(d: &mut Demo, messages: u32) -> Result<u32, Failure> {
     for who in ["alice", "bob"] {
         let out = d.run(who, &["init", "--name", who, "--json"], None, 0)?;
         if !d.json {
-            println!(
+            outln!(
                 "    {who}: fingerprint {}",
                 json_field(&out, "fingerprint")?
             );
@@ -362,7 +362,7 @@ fn steps(d: &mut Demo, messages: u32) -> Result<u32, Failure> {
         return Err(fail(format!("safety numbers differ: {na} / {nb}")));
     }
     if !d.json {
-        println!("    both read: {na}");
+        outln!("    both read: {na}");
     }
     d.run("alice", &["verify", "bob", "--confirm"], None, 0)?;
     d.run("bob", &["verify", "alice", "--confirm"], None, 0)?;
@@ -459,7 +459,7 @@ fn steps(d: &mut Demo, messages: u32) -> Result<u32, Failure> {
         return Err(fail(format!("expected `queued`, send reported {out}")));
     }
     if !d.json {
-        println!("    alice: queued (a relay's ACK is not a receipt: it stays in her outbox)");
+        outln!("    alice: queued (a relay's ACK is not a receipt: it stays in her outbox)");
     }
 
     d.say("bob comes back: the held message arrives, exactly once");
@@ -489,7 +489,7 @@ fn steps(d: &mut Demo, messages: u32) -> Result<u32, Failure> {
         std::thread::sleep(Duration::from_millis(300));
     }
     if !d.json {
-        println!("    alice's outbox is empty: bob's node acknowledged it end to end");
+        outln!("    alice's outbox is empty: bob's node acknowledged it end to end");
     }
 
     d.say("the history on each side shows both directions, every message delivered");
@@ -511,7 +511,7 @@ fn steps(d: &mut Demo, messages: u32) -> Result<u32, Failure> {
         )));
     }
     if !d.json {
-        println!("    alice: {sent_ok} sent and delivered, {recv} received");
+        outln!("    alice: {sent_ok} sent and delivered, {recv} received");
     }
 
     d.say("stop both nodes and the relay (SIGTERM: clean shutdown, nothing lost)");
@@ -525,7 +525,7 @@ fn steps(d: &mut Demo, messages: u32) -> Result<u32, Failure> {
         if !d.json {
             let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap_or_default();
             let n = v["lines"][0]["bundles"][0]["entries"].as_u64().unwrap_or(0);
-            println!(
+            outln!(
                 "    {who}: {n} entries, every checkpoint signed, the peer's cosignatures valid"
             );
         }
@@ -549,7 +549,7 @@ fn steps(d: &mut Demo, messages: u32) -> Result<u32, Failure> {
         )));
     }
     if !d.json {
-        println!(
+        outln!(
             "    {matched} acknowledged messages matched to the receiver's log; {horizon} more were \
              acknowledged after the last checkpoint the receiver cosigned (checkable once they \
              next talk)"

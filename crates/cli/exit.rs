@@ -35,9 +35,9 @@ pub struct Failure {
 impl Failure {
     /// Prints the failure on stderr (and, with `--json`, a JSON error object on stdout).
     pub fn print(&self, json: bool) {
-        eprintln!("error: {}", self.msg);
+        errln!("error: {}", self.msg);
         if json {
-            println!(
+            outln!(
                 "{}",
                 serde_json::json!({"error": self.msg, "exit": self.code as u8})
             );

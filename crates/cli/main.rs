@@ -6,6 +6,8 @@
 //! Exit codes: 0 success, 1 runtime failure, 2 usage, 3 verification failed, 4 not delivered
 //! in time (the message stays in the outbox).
 
+#[macro_use]
+mod stdio;
 mod cmd_audit;
 mod cmd_contact;
 mod cmd_identity;

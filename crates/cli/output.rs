@@ -19,10 +19,10 @@ pub struct Local;
 
 impl Out for Local {
     fn out(&mut self, line: &str) {
-        println!("{line}");
+        outln!("{line}");
     }
     fn err(&mut self, line: &str) {
-        eprintln!("{line}");
+        errln!("{line}");
     }
 }
 

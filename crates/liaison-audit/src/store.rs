@@ -182,7 +182,39 @@ CREATE TABLE IF NOT EXISTS audit_receipts (
 ) WITHOUT ROWID;
 ";
 
+/// Makes `path` (an SQLite database, created empty if missing) and its `-wal` / `-shm`
+/// files readable by the owner only. SQLite gives a new `-wal` and `-shm` the mode of the
+/// database file, so creating that 0600 keeps every file of the store private; files left
+/// wider by an older version are narrowed. Call before opening the database.
+pub fn make_db_private(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(path)?;
+    narrow(&f)?;
+    for suffix in ["-wal", "-shm"] {
+        let mut side = path.as_os_str().to_owned();
+        side.push(suffix);
+        match std::fs::File::open(std::path::PathBuf::from(side)) {
+            Ok(f) => narrow(&f)?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+    }
+    fn narrow(f: &std::fs::File) -> std::io::Result<()> {
+        let mode = f.metadata()?.permissions().mode();
+        if mode & 0o077 != 0 {
+            f.set_permissions(std::fs::Permissions::from_mode(mode & 0o700))?;
+        }
+        Ok(())
+    }
+    Ok(())
+}
+
 fn open_rw(path: &Path) -> Result<Connection, StoreError> {
+    make_db_private(path)?;
     let conn = Connection::open(path)?;
     conn.busy_timeout(Duration::from_secs(5))?;
     let mode: String = conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))?;

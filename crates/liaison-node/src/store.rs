@@ -130,6 +130,12 @@ fn configure(conn: &Connection) -> Result<(), DbError> {
 
 /// Opens (creating if needed) the store and starts its writer thread.
 pub fn open(path: &Path) -> Result<Db, DbError> {
+    liaison_audit::store::make_db_private(path).map_err(|e| {
+        DbError::Invalid(format!(
+            "cannot make the store {} private to this user: {e}",
+            path.display()
+        ))
+    })?;
     let conn = Connection::open(path)?;
     configure(&conn)?;
     conn.execute_batch(SCHEMA)?;

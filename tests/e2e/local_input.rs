@@ -1,0 +1,181 @@
+//! What a user's own machine can throw at the binary: a closed output pipe, devices and
+//! endless streams named as files, and the modes of the files a home holds.
+
+use crate::harness::*;
+use std::os::unix::fs::PermissionsExt;
+use std::process::{Child, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+/// Waits for `child` at most `limit`, killing it past that.
+fn wait_bounded(child: &mut Child, limit: Duration) -> Option<ExitStatus> {
+    let end = Instant::now() + limit;
+    while Instant::now() < end {
+        if let Ok(Some(st)) = child.try_wait() {
+            return Some(st);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    None
+}
+
+/// Runs `args` with a closed stdout (the reader end of its pipe is gone before it starts,
+/// as in `liaison --json id | (exec 0<&-; true)`): (status, stderr).
+fn run_with_closed_stdout(node: &Node, args: &[&str]) -> (Option<i32>, String) {
+    let (reader, writer) = std::io::pipe().expect("pipe");
+    drop(reader);
+    let mut c = node.cmd(args);
+    c.stdin(Stdio::null()).stdout(writer).stderr(Stdio::piped());
+    let mut child = c.spawn().expect("spawn liaison");
+    let mut err = child.stderr.take().expect("stderr");
+    let t = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = std::io::Read::read_to_string(&mut std::io::Read::take(&mut err, 1 << 20), &mut s);
+        s
+    });
+    let st = wait_bounded(&mut child, Duration::from_secs(30));
+    let text = t.join().unwrap_or_default();
+    (st.and_then(|s| s.code()), text)
+}
+
+/// Issue 9, defect 7: a closed pipe made `println!` panic (exit 101 with a backtrace). It
+/// ends the command quietly with 141, what a shell reports for `SIGPIPE`.
+#[test]
+fn a_closed_stdout_ends_a_command_quietly() {
+    let alice = Node::new("alice");
+    let bob = Node::new("bob");
+    alice.pin(&bob, None);
+    for args in [
+        &["--json", "id"][..],
+        &["id"][..],
+        &["contact", "list", "--json"][..],
+        &["history", "bob"][..],
+    ] {
+        let (code, err) = run_with_closed_stdout(&alice, args);
+        assert_eq!(code, Some(141), "{args:?}: {err}");
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+        assert!(err.is_empty(), "{args:?} quietly: {err}");
+    }
+    // the home is intact
+    assert_ok(&alice.run(&["contact", "list"]), "contact list afterwards");
+}
+
+/// Runs `args` under a 2 GiB address-space limit and a time bound: (code, stderr). Without
+/// a bound on the read, the old code grew until the limit stopped it.
+fn run_bounded(node: &Node, args: &[&str]) -> (Option<i32>, String) {
+    let mut c = std::process::Command::new("sh");
+    c.arg("-c")
+        .arg("ulimit -v 2097152; exec \"$@\"")
+        .arg("sh")
+        .arg(BIN)
+        .arg("--home")
+        .arg(&node.home)
+        .args(args)
+        .env("LIAISON_PASSPHRASE", PASS)
+        .env_remove("LIAISON_HOME")
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let mut child = c.spawn().expect("spawn sh");
+    let mut err = child.stderr.take().expect("stderr");
+    let t = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = std::io::Read::read_to_string(&mut std::io::Read::take(&mut err, 1 << 20), &mut s);
+        s
+    });
+    let st = wait_bounded(&mut child, Duration::from_secs(60));
+    let text = t.join().unwrap_or_default();
+    (st.and_then(|s| s.code()), text)
+}
+
+/// Issue 9, defect 6: `@/dev/zero` and `--passphrase-file /dev/zero` were read without end
+/// (one run reached 24 GB before the kernel killed it). Every file a user names is read up
+/// to the limit that applies and refused past it, with one clear line; nothing is stored.
+#[test]
+fn devices_named_as_files_are_refused_not_read_without_end() {
+    let alice = Node::new("alice");
+    let bob = Node::new("bob");
+    alice.pin(&bob, None);
+    let before = alice.run(&["contact", "list", "--json"]);
+    let cases: [(&[&str], &str); 4] = [
+        (&["contact", "add", "zed", "@/dev/zero"], "card"),
+        (&["relay", "add", "r9", "@/dev/zero"], "card"),
+        (
+            &["--passphrase-file", "/dev/zero", "inbox"],
+            "passphrase file",
+        ),
+        (
+            &["send", "bob", "--file", "/dev/zero", "--timeout", "2"],
+            "file to send",
+        ),
+    ];
+    for (args, what) in cases {
+        let (code, err) = run_bounded(&alice, args);
+        assert_eq!(code, Some(2), "{args:?}: {err}");
+        assert!(
+            err.contains("larger than") && err.contains(what),
+            "{args:?}: {err}"
+        );
+        assert_eq!(err.lines().count(), 1, "{args:?}: one line: {err}");
+    }
+    // a directory is refused too
+    let (code, err) = run_bounded(&alice, &["send", "bob", "--file", "/tmp"]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("directory"), "{err}");
+    // nothing was stored
+    assert_eq!(
+        json(&alice.run(&["contact", "list", "--json"])),
+        json(&before)
+    );
+    assert_eq!(
+        json(&alice.run(&["relay", "list", "--json"])),
+        serde_json::json!([])
+    );
+    assert!(alice.outbox_rows().is_empty());
+}
+
+/// Every regular file under `dir` whose mode lets group or others in.
+fn loose_files(dir: &std::path::Path) -> Vec<String> {
+    let mut loose = Vec::new();
+    for e in std::fs::read_dir(dir).expect("read_dir").flatten() {
+        let p = e.path();
+        let Ok(meta) = std::fs::symlink_metadata(&p) else {
+            continue;
+        };
+        if meta.is_dir() {
+            loose.extend(loose_files(&p));
+        } else if meta.is_file() && meta.permissions().mode() & 0o077 != 0 {
+            loose.push(format!(
+                "{:o} {}",
+                meta.permissions().mode() & 0o777,
+                p.display()
+            ));
+        }
+    }
+    loose
+}
+
+/// Issue 9, defect 8: `node.db`, `audit.db` and their `-wal`/`-shm` files were created 0644.
+/// After a real exchange (both stores written), every file in both homes is 0600.
+#[test]
+fn every_file_in_a_home_is_private() {
+    let (alice, bob, mut l) = pair_with_listener("alice", "bob");
+    let out = alice.run(&["send", "bob", "private files", "--json"]);
+    assert_ok(&out, "send");
+    assert_eq!(json(&out)["status"], "delivered");
+    assert_eq!(l.messages(1, Duration::from_secs(30)).len(), 1);
+    for node in [&alice, &bob] {
+        for f in ["node.db", "audit.db"] {
+            assert!(node.home.join(f).exists(), "{} has {f}", node.name);
+        }
+        assert_eq!(
+            loose_files(&node.home),
+            Vec::<String>::new(),
+            "{}",
+            node.name
+        );
+    }
+    assert_eq!(l.terminate(), Some(0));
+}
