@@ -166,6 +166,19 @@ fn add(ctx: &Ctx, a: AddArgs) -> CmdResult {
             a.name
         )));
     }
+    // one relay, one name: a second name for the same relay key would split its hop keys,
+    // its subscriptions and its contacts' routes between two entries (contact cards refuse
+    // this the same way)
+    let all = db.write_blocking(store::relays).ctx("reading relays")?;
+    if let Some(other) = all
+        .iter()
+        .find(|r| r.name != a.name && r.relay_key == card.hop_key)
+    {
+        return Err(verify(format!(
+            "relay card refused: this relay is already pinned as {} (see `liaison relay list`)",
+            other.name
+        )));
+    }
     let key = match secrets.relay_key(&a.name) {
         Some(seed) => HopKey::from_seed(seed),
         None => {

@@ -66,6 +66,7 @@ impl Ctx {
     pub fn passphrase(&self, confirm: bool) -> Result<Zeroizing<String>, Failure> {
         if let Some(f) = &self.global.passphrase_file {
             let bytes = Zeroizing::new(read_bounded(f, MAX_PASSPHRASE_FILE, "passphrase file")?);
+            warn_if_readable_by_others(f);
             let text = std::str::from_utf8(&bytes).map_err(|_| {
                 usage(format!(
                     "{} is not text (UTF-8): not a passphrase file",
@@ -229,6 +230,23 @@ pub fn read_bounded_text(path: &Path, limit: u64, what: &str) -> Result<String, 
             path.display()
         ))
     })
+}
+
+/// Warns (one line on stderr) when the regular file `path`, which holds a secret, can be read
+/// by group or others.
+fn warn_if_readable_by_others(path: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    if let Ok(meta) = std::fs::metadata(path)
+        && meta.is_file()
+        && meta.permissions().mode() & 0o044 != 0
+    {
+        errln!(
+            "warning: the passphrase file {} can be read by other users of this machine: \
+             chmod 600 {}",
+            path.display(),
+            path.display()
+        );
+    }
 }
 
 /// Largest card file read (a card is a few KiB).

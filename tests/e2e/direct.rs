@@ -256,3 +256,28 @@ fn send_through_a_running_listen_and_safety_numbers_match() {
     assert_eq!(st["node_running"], true);
     let _ = l.messages(0, Duration::from_millis(10));
 }
+
+/// Issue 9, defect 1: after delivery a one-shot `send` opened a second QUIC connection that
+/// logged hundreds of quinn `frame decoding error` lines and then waited 2 s to close. A send
+/// now uses one hop, says goodbye on it, and logs no QUIC error (the time it takes is in the
+/// bench, not here).
+#[test]
+fn a_one_shot_send_uses_one_hop_and_logs_no_quic_errors() {
+    let (alice, _bob, mut l) = pair_with_listener("alice", "bob");
+    for i in 0..3 {
+        let mut c = alice.cmd(&["send", "bob", &format!("one hop {i}"), "--json"]);
+        c.env("RUST_LOG", "debug");
+        let out = alice.run_with(c, None);
+        assert_ok(&out, "send");
+        assert_eq!(json(&out)["status"], "delivered");
+        let err = stderr(&out);
+        let hops = err.lines().filter(|l| l.contains(" attached (")).count();
+        assert_eq!(hops, 1, "one hop per send:\n{err}");
+        assert!(
+            !err.contains("frame decoding error") && !err.contains("invalid frame"),
+            "{err}"
+        );
+    }
+    assert_eq!(l.messages(3, Duration::from_secs(30)).len(), 3);
+    assert_eq!(l.terminate(), Some(0));
+}

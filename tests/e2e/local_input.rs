@@ -179,3 +179,30 @@ fn every_file_in_a_home_is_private() {
     }
     assert_eq!(l.terminate(), Some(0));
 }
+
+/// Issue 9, defect 9 (in part): a passphrase file that group or others can read is used, with
+/// a one-line warning that says how to fix it.
+#[test]
+fn a_passphrase_file_others_can_read_is_warned_about() {
+    let alice = Node::new("alice");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let f = dir.path().join("pass");
+    std::fs::write(&f, format!("{PASS}\n")).expect("write");
+    let path = f.to_str().expect("utf-8 path");
+    std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    let mut c = alice.cmd(&["--passphrase-file", path, "inbox"]);
+    c.env_remove("LIAISON_PASSPHRASE");
+    let out = alice.run_with(c, None);
+    assert_ok(&out, "inbox with a 0644 passphrase file");
+    assert!(
+        stderr(&out).contains("can be read by other users") && stderr(&out).contains("chmod 600"),
+        "{}",
+        stderr(&out)
+    );
+    std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    let mut c = alice.cmd(&["--passphrase-file", path, "inbox"]);
+    c.env_remove("LIAISON_PASSPHRASE");
+    let out = alice.run_with(c, None);
+    assert_ok(&out, "inbox with a 0600 passphrase file");
+    assert!(!stderr(&out).contains("warning"), "{}", stderr(&out));
+}

@@ -647,3 +647,31 @@ fn large_files_through_the_relay_arrive_intact() {
         "the relay dropped bob as a slow subscriber"
     );
 }
+
+/// Issue 9, defect 11 (in part): the same relay card could be pinned twice under two names.
+/// The second name is refused (exit 3, one line naming the first), and nothing changes.
+#[test]
+fn one_relay_cannot_be_pinned_under_two_names() {
+    let relay = RelayProc::start(&[]);
+    let alice = Node::new("alice");
+    alice.relay_add("r1", &relay.card);
+    let keys_before = std::fs::read(alice.home.join("keys")).expect("keys");
+    let out = alice.run(&["relay", "add", "again", &relay.card]);
+    assert_code(&out, 3, "the same relay under a second name");
+    assert!(
+        stderr(&out).contains("already pinned as r1"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(stderr(&out).lines().count(), 1, "{}", stderr(&out));
+    let list = json(&alice.run(&["relay", "list", "--json"]));
+    assert_eq!(list.as_array().map(Vec::len), Some(1), "{list}");
+    assert_eq!(
+        std::fs::read(alice.home.join("keys")).expect("keys"),
+        keys_before,
+        "no hop key was made for the refused name"
+    );
+    // replacing the card under its own name still works
+    let out = alice.run(&["relay", "add", "r1", &relay.card, "--replace"]);
+    assert_ok(&out, "replace under the same name");
+}

@@ -21,7 +21,7 @@
 use crate::metrics::Rejected;
 use crate::outbound::{Frame, OutQueue, PushError};
 use crate::registry::ClientHandle;
-use crate::request::{Request, parse_request};
+use crate::request::{Request, RequestError, parse_request};
 use crate::server::Shared;
 use crate::store::{DELIVER_HEADER, PosterTag, PutOutcome, PutReq};
 use liaison_hop::{HopReader, HopWriter};
@@ -194,6 +194,12 @@ impl Client {
             let body = frame.get(HEADROOM..).unwrap_or_default();
             let request = match parse_request(body) {
                 Ok(r) => r,
+                Err(RequestError::TooLarge { len, reference }) => {
+                    tracing::debug!(client = self.handle.id, "refused a {len}-byte POST blob");
+                    self.shared.metrics.reject(Rejected::TooLarge);
+                    self.reply(err_frame(err::TOO_LARGE, reference));
+                    continue;
+                }
                 Err(e) => {
                     tracing::debug!(client = self.handle.id, "refused frame: {e}");
                     return self.malformed();

@@ -2,7 +2,8 @@
 //!
 //! A relay accepts `SUBSCRIBE`, `POST` and `ACK` from clients after `HELLO`. Every other
 //! frame type, and any frame that does not parse, is a protocol violation: the relay answers
-//! `ERR MALFORMED` and closes the connection.
+//! `ERR MALFORMED` and closes the connection. The one exception is a well-framed `POST` whose
+//! blob is larger than any blob: `ERR TOO_LARGE`, and the connection stays.
 
 use liaison_wire::hop::{self, EnvelopeId, HopError, HopFrame, InboxId};
 
@@ -37,10 +38,30 @@ pub enum RequestError {
     /// A valid frame a client may not send to a relay.
     #[error("hop frame type {0:#04x} is not a relay request")]
     Unexpected(u8),
+    /// A well-formed `POST` whose blob is larger than any blob of the protocol
+    /// (`MAX_BLOB_LEN`): answered `ERR TOO_LARGE` with the blob's envelope id, and the
+    /// connection stays (the frame was framed correctly).
+    #[error("a POST blob of {len} bytes is larger than the protocol's largest blob")]
+    TooLarge {
+        /// The blob's length.
+        len: usize,
+        /// `envelope_id` of the blob, for the `ERR`'s reference.
+        reference: EnvelopeId,
+    },
 }
 
 /// Parses `type || body` (the bytes after the length prefix) as a request.
 pub fn parse_request(frame: &[u8]) -> Result<Request<'_>, RequestError> {
+    if let [hop::ty::POST, body @ ..] = frame
+        && let Some(blob) = body.get(17..)
+        && matches!(body.get(16), Some(0 | 1))
+        && blob.len() > liaison_wire::consts::MAX_BLOB_LEN
+    {
+        return Err(RequestError::TooLarge {
+            len: blob.len(),
+            reference: hop::envelope_id(blob),
+        });
+    }
     match HopFrame::parse(frame)? {
         HopFrame::Subscribe(ids) => Ok(Request::Subscribe(ids)),
         HopFrame::Post { dst, store, blob } => Ok(Request::Post { dst, store, blob }),
@@ -91,6 +112,31 @@ mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn an_oversized_post_is_too_large_not_malformed() {
+        let blob = vec![9u8; liaison_wire::consts::MAX_BLOB_LEN + 8];
+        let mut frame = vec![hop::ty::POST];
+        frame.extend_from_slice(&[4; 16]);
+        frame.push(1);
+        frame.extend_from_slice(&blob);
+        assert_eq!(
+            parse_request(&frame),
+            Err(RequestError::TooLarge {
+                len: blob.len(),
+                reference: hop::envelope_id(&blob)
+            })
+        );
+        // the largest blob is a request; a bad store flag is still malformed
+        frame.truncate(frame.len() - 8);
+        assert!(matches!(parse_request(&frame), Ok(Request::Post { .. })));
+        frame.push(0);
+        frame[17] = 2;
+        assert!(matches!(
+            parse_request(&frame),
+            Err(RequestError::Malformed(_))
+        ));
+    }
 
     #[test]
     fn requests_and_refusals() {

@@ -927,3 +927,32 @@ async fn run_on_a_callers_endpoint_still_enforces_the_allow_list() {
         .unwrap();
     a.assert_closed_with(err::SHUTTING_DOWN).await;
 }
+
+/// Issue 9, defect 11 (in part): a `POST` of 66,640 bytes (larger than any blob, but framed
+/// correctly) got `ERR MALFORMED` and lost its connection, though docs/relay.md says
+/// `TOO_LARGE`. It gets `ERR TOO_LARGE` naming the blob, and the connection goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_post_is_too_large_and_the_connection_stays() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = TestRelay::start(test_config(dir.path())).await;
+    let mut poster = Node::connect(&relay).await;
+    let big = vec![5u8; 66_640];
+    for store in [true, false] {
+        poster.post(rand16(), store, &big).await;
+        assert_eq!(
+            poster.next().await,
+            Got::Err(err::TOO_LARGE, envelope_id(&big)),
+            "store = {store}"
+        );
+    }
+    // still connected: a normal post is stored
+    let small = vec![6u8; 100];
+    poster.post(rand16(), true, &small).await;
+    assert_eq!(poster.next().await, Got::Ack(envelope_id(&small)));
+    let m = relay.scrape().await;
+    assert!(
+        metric_labelled(&m, "liaison_relay_rejected_total{reason=\"too_large\"}") >= 2,
+        "{m}"
+    );
+    relay.stop().await;
+}
