@@ -36,6 +36,7 @@ mod durable;
 mod envelopes;
 mod line;
 mod noise;
+mod oneshot;
 mod raw;
 mod relay;
 mod relay_path;
@@ -101,6 +102,10 @@ struct Args {
     /// Also measure the audit log (appends with checkpoints, checking a large bundle).
     #[arg(long)]
     audit: bool,
+    /// Also time cold one-shot commands through the real `liaison` binary (`send` against
+    /// `inbox`, the unlock alone); needs `cargo build --release` first or `LIAISON_BIN`.
+    #[arg(long)]
+    oneshot: bool,
     /// QUIC congestion controller of every hop in the run, raw quinn's included: bbr (the
     /// node's and relay's default) or cubic (quinn's default).
     #[arg(long, value_name = "CC", default_value = "bbr")]
@@ -950,6 +955,15 @@ fn main() -> std::process::ExitCode {
         let probe = cpu::CpuProbe::start();
         put(&mut out, "audit", audit::run());
         interference(&mut out, "audit", probe);
+    }
+    if args.oneshot {
+        progress(args.json, "cold one-shot send through the liaison binary");
+        let probe = cpu::CpuProbe::start();
+        match oneshot::run_section(if args.quick { 3 } else { 9 }) {
+            Ok(v) => put(&mut out, "oneshot", v),
+            Err(e) => err(&mut out, "oneshot", &e),
+        }
+        interference(&mut out, "oneshot", probe);
     }
     aims(&mut out);
     if let Some(m) = out.get_mut("machine").and_then(Value::as_object_mut) {
