@@ -152,29 +152,81 @@ enum Access {
 async fn access(ctx: &Ctx) -> Result<Access, Failure> {
     let home = ctx.open_home()?;
     match home.lock() {
-        Ok(lock) => {
-            let secrets = ctx.load_secrets(&home)?;
-            let db = store::open(&home.db_path()).ctx("opening the message store")?;
-            let node = Node::start(db, home.db_path(), secrets, NodeOptions::default())
-                .ctx("starting the node")?;
-            Ok(Access::Local(Box::new(Running { node, _lock: lock })))
-        }
+        Ok(lock) => local_access(ctx, &home, lock),
         Err(HomeError::Locked { .. }) => {
             let sock = home.control_socket_path();
-            // `listen` may be starting: give it a moment to open its socket
-            for _ in 0..50 {
-                if sock.exists() {
+            // A `listen` may be starting (its socket not yet open, or a stale one left by a
+            // listener that was killed), or a one-shot command may be about to finish: until
+            // `ACCESS_WAIT` passes, take the home when it is free, or the running listener's
+            // socket once it answers. Nothing of this command is stored before then.
+            let end = tokio::time::Instant::now() + ACCESS_WAIT;
+            loop {
+                if sock.exists() && liaison_node::control::connect(&sock).await.is_ok() {
                     return Ok(Access::Remote(sock));
+                }
+                match home.lock() {
+                    Ok(lock) => return local_access(ctx, &home, lock),
+                    Err(HomeError::Locked { .. }) => {}
+                    Err(e) => return Err(crate::ctx::home_failure(e)),
+                }
+                if tokio::time::Instant::now() >= end {
+                    break;
                 }
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
             Err(runtime(format!(
-                "another liaison process (call or send) is using {}: wait for it to finish, \
-                 or run `liaison listen` so commands can share the home",
+                "another liaison process (call or send) is using {} and no listener answers: \
+                 nothing was stored; wait for it to finish, or run `liaison listen` so \
+                 commands can share the home",
                 home.dir().display()
             )))
         }
         Err(e) => Err(crate::ctx::home_failure(e)),
+    }
+}
+
+/// How long `send` and `call` wait for a home another process holds: for a starting
+/// listener to answer on its socket, or for the home to be free.
+const ACCESS_WAIT: Duration = Duration::from_secs(15);
+
+/// Runs a node of our own on `home`, whose lock we hold.
+fn local_access(ctx: &Ctx, home: &Home, lock: HomeLock) -> Result<Access, Failure> {
+    let secrets = ctx.load_secrets(home)?;
+    let db = store::open(&home.db_path()).ctx("opening the message store")?;
+    let node = Node::start(db, home.db_path(), secrets, NodeOptions::default())
+        .ctx("starting the node")?;
+    Ok(Access::Local(Box::new(Running { node, _lock: lock })))
+}
+
+/// `listen`'s lock: waits while a one-shot command holds the home (saying so once), so that a
+/// listener restarted by a script while that script's own `send` runs still starts.
+fn wait_for_home(home: &Home) -> Result<HomeLock, Failure> {
+    let mut said = false;
+    loop {
+        match home.lock() {
+            Ok(lock) => return Ok(lock),
+            Err(HomeError::Locked { pid, .. }) => {
+                let sock = home.control_socket_path();
+                if std::os::unix::net::UnixStream::connect(&sock).is_ok() {
+                    return Err(runtime(format!(
+                        "a listener already runs on {}: `liaison send` and `call` use it; stop \
+                         it first to start another",
+                        home.dir().display()
+                    )));
+                }
+                if !said {
+                    let who = pid.map(|p| format!(" (pid {p})")).unwrap_or_default();
+                    errln!(
+                        "waiting for another liaison process{who} (a send or call) to finish \
+                         with {}: Ctrl-C to give up",
+                        home.dir().display()
+                    );
+                    said = true;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            Err(e) => return Err(crate::ctx::home_failure(e)),
+        }
     }
 }
 
@@ -713,7 +765,7 @@ pub fn listen(ctx: &Ctx, a: ListenArgs) -> CmdResult {
         ));
     }
     let home: Home = ctx.open_home()?;
-    let lock = ctx.lock(&home)?;
+    let lock = wait_for_home(&home)?;
     let secrets = ctx.load_secrets(&home)?;
     let rt = ctx.runtime()?;
     let json = ctx.json;

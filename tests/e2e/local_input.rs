@@ -215,3 +215,99 @@ fn a_passphrase_file_others_can_read_is_warned_about() {
     assert_ok(&out, "inbox with a 0600 passphrase file");
     assert!(!stderr(&out).contains("warning"), "{}", stderr(&out));
 }
+
+/// A free loopback port (bound and released; nothing listens there afterwards).
+fn free_port() -> String {
+    let s = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+    s.local_addr().expect("addr").to_string()
+}
+
+/// Issue 9, defect 2: `listen` refused to start while a one-shot command held the home ("another
+/// liaison process … is using the home"), so a script restarting its listener beside its own
+/// `send` loop left messages pending. `listen` now waits for the command to finish (saying
+/// so), then starts within 15 s, and delivers what the command left pending.
+#[test]
+fn listen_started_while_a_send_holds_the_home_waits_then_delivers() {
+    let alice = Node::new("alice");
+    let bob = Node::new("bob");
+    let b_bind = free_port();
+    alice.pin(&bob, Some(&b_bind));
+    bob.pin(&alice, None);
+    // bob is away: alice's send holds her home for its whole timeout
+    let send = alice.spawn_stdin(&["send", "bob", "held by a send", "--json", "--timeout", "4"]);
+    std::thread::sleep(Duration::from_millis(1500));
+    let started = Instant::now();
+    let log = tempfile::NamedTempFile::new().expect("log");
+    let mut la = alice.listen_logged(
+        &["listen", "--bind", "127.0.0.1:0", "--json"],
+        &[],
+        log.path(),
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "listen started after {:?}",
+        started.elapsed()
+    );
+    let said = std::fs::read_to_string(log.path()).unwrap_or_default();
+    assert!(
+        said.contains("waiting for another liaison process"),
+        "{said}"
+    );
+    let out = send.finish(Duration::from_secs(30));
+    assert_code(&out, 4, "the send, bob away");
+    assert_eq!(json(&out)["status"], "pending");
+    // bob comes up where alice knows him: her listener delivers the held message once
+    let mut lb = bob.listen(&b_bind);
+    let got = lb.messages(1, Duration::from_secs(45));
+    assert_eq!(got.len(), 1, "bob got {got:?}");
+    assert_eq!(got[0]["text"], "held by a send");
+    assert!(lb.messages(1, Duration::from_secs(2)).is_empty(), "once");
+    // a second listen on alice's home is refused at once, not left waiting
+    let out = alice.run(&["listen", "--bind", "127.0.0.1:0"]);
+    assert_code(&out, 1, "a second listen");
+    assert!(stderr(&out).contains("already runs"), "{}", stderr(&out));
+    let _ = la.messages(0, Duration::from_millis(10));
+    assert_eq!(la.terminate(), Some(0));
+    assert_eq!(lb.terminate(), Some(0));
+}
+
+/// Issue 9, defect 2: a `send` racing its listener's start (the listener holds the home, its
+/// control socket not yet answering) exited 1 with "Connection refused" and the message was
+/// not stored. It now waits for the listener's socket and goes through it.
+#[test]
+fn a_send_racing_the_listeners_start_goes_through_it() {
+    let (alice, bob, mut lb) = pair_with_listener("alice", "bob");
+    // alice's listener is killed: its socket file stays behind, answering nobody
+    let la = alice.listen("127.0.0.1:0");
+    la.kill9();
+    assert!(alice.home.join("control.sock").exists());
+    // a new listener starts while a send runs at the same moment
+    let l2 = std::thread::spawn({
+        let home = alice.home.clone();
+        move || {
+            let mut c = std::process::Command::new(BIN);
+            c.arg("--home")
+                .arg(home)
+                .args(["listen", "--bind", "127.0.0.1:0", "--json"])
+                .env("LIAISON_PASSPHRASE", PASS)
+                .env_remove("LIAISON_HOME")
+                .env_remove("RUST_LOG")
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null());
+            c.spawn().expect("listen")
+        }
+    });
+    std::thread::sleep(Duration::from_millis(30));
+    let out = alice.run(&["send", "bob", "racing the listener", "--json"]);
+    let mut listener = l2.join().expect("listen thread");
+    assert_ok(&out, "the racing send");
+    assert_eq!(json(&out)["status"], "delivered");
+    let got = lb.messages(1, Duration::from_secs(30));
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0]["text"], "racing the listener");
+    let _ = listener.kill();
+    let _ = listener.wait();
+    assert_eq!(lb.terminate(), Some(0));
+    drop(bob);
+}
