@@ -146,7 +146,8 @@ struct Running {
 
 enum Access {
     Local(Box<Running>),
-    Remote(PathBuf),
+    /// A running listener's control socket, and the home's message store.
+    Remote(PathBuf, PathBuf),
 }
 
 async fn access(ctx: &Ctx) -> Result<Access, Failure> {
@@ -162,7 +163,7 @@ async fn access(ctx: &Ctx) -> Result<Access, Failure> {
             let end = tokio::time::Instant::now() + ACCESS_WAIT;
             loop {
                 if sock.exists() && liaison_node::control::connect(&sock).await.is_ok() {
-                    return Ok(Access::Remote(sock));
+                    return Ok(Access::Remote(sock, home.db_path()));
                 }
                 match home.lock() {
                     Ok(lock) => return local_access(ctx, &home, lock),
@@ -272,6 +273,7 @@ pub async fn send_logic(node: &Node, req: SendReq, out: &mut dyn Out) -> Code {
             return f.code;
         }
     };
+    out.stored(&format!("{}:{seq}", req.contact));
     let mut seq = seq;
     let report = |out: &mut dyn Out, seq: u64, status: &str, detail: &str| {
         let id = format!("{}:{seq}", req.contact);
@@ -671,19 +673,30 @@ pub fn send(ctx: &Ctx, a: SendArgs) -> CmdResult {
                 r.node.shutdown().await;
                 Ok(code)
             }
-            Access::Remote(sock) => remote(&sock, Request::Send(req), None).await,
+            Access::Remote(sock, db) => remote(&sock, &db, Request::Send(req), None).await,
         }
     })
 }
 
 async fn remote(
     sock: &std::path::Path,
+    db: &std::path::Path,
     req: Request,
     input: Option<mpsc::Receiver<Option<String>>>,
 ) -> CmdResult {
-    let code = control::run_remote(sock, req, input)
-        .await
-        .map_err(|e| runtime(format!("cannot talk to the running `liaison listen`: {e}")))?;
+    let json = match &req {
+        Request::Send(r) => Some(r.json),
+        _ => None,
+    };
+    let end = control::run_remote(sock, req, input).await.map_err(|e| {
+        runtime(format!(
+            "cannot talk to the running `liaison listen`: {e}; nothing was sent"
+        ))
+    })?;
+    let code = match end {
+        control::RemoteEnd::Exit(code) => code,
+        control::RemoteEnd::Lost { stored } => return lost_listener(db, json, stored),
+    };
     Ok(match code {
         0 => Code::Ok,
         2 => Code::Usage,
@@ -691,6 +704,55 @@ async fn remote(
         4 => Code::NotDelivered,
         _ => Code::Runtime,
     })
+}
+
+/// The listener carrying our command stopped before it answered. For a `send` (`json` is its
+/// `--json`), the message's state is read from the store and reported the way `send` reports
+/// it, so that a script neither loses it nor sends it twice.
+fn lost_listener(db: &std::path::Path, json: Option<bool>, stored: Option<String>) -> CmdResult {
+    let Some(json) = json else {
+        return Err(runtime(
+            "the running `liaison listen` stopped during this call: what it sent and what was \
+             delivered is in `liaison history CONTACT`",
+        ));
+    };
+    let Some(id) = stored else {
+        return Err(runtime(
+            "the running `liaison listen` stopped before the message was stored: it was not \
+             sent; send it again",
+        ));
+    };
+    let status = id
+        .rsplit_once(':')
+        .and_then(|(c, s)| Some((c, s.parse::<u64>().ok()?)))
+        .and_then(|(contact, seq)| {
+            let conn = store::open_read_only(db).ok()?;
+            store::outbox_status(&conn, contact, seq).ok().flatten()
+        });
+    let Some(status) = status else {
+        return Err(runtime(format!(
+            "the running `liaison listen` stopped during this send; {id} was stored but its \
+             state cannot be read now: see `liaison history` before sending it again"
+        )));
+    };
+    if json {
+        outln!("{}", serde_json::json!({"status": status, "id": id}));
+    } else {
+        outln!("{status} {id}");
+    }
+    match status.as_str() {
+        "delivered" | "queued" => {
+            errln!("note: the running `liaison listen` stopped, after {id} was {status}");
+            Ok(Code::Ok)
+        }
+        _ => {
+            errln!(
+                "error: the running `liaison listen` stopped during this send; {id} is stored \
+                 and {status}: the next listen, call or send delivers it (do not send it again)"
+            );
+            Ok(Code::NotDelivered)
+        }
+    }
 }
 
 fn stdin_lines() -> mpsc::Receiver<Option<String>> {
@@ -737,7 +799,7 @@ pub fn call(ctx: &Ctx, a: CallArgs) -> CmdResult {
                 r.node.shutdown().await;
                 Ok(code)
             }
-            Access::Remote(sock) => remote(&sock, Request::Call(req), Some(input)).await,
+            Access::Remote(sock, db) => remote(&sock, &db, Request::Call(req), Some(input)).await,
         }
     })
 }

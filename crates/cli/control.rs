@@ -57,6 +57,11 @@ pub enum Reply {
         /// The line.
         line: String,
     },
+    /// Not printed: the message is stored under `id` (`contact:seq`).
+    Stored {
+        /// The message's id.
+        id: String,
+    },
     /// The command ended with this exit code.
     Exit {
         /// Exit code.
@@ -139,6 +144,7 @@ pub async fn serve_connection(node: Node, stream: UnixStream) {
             let r = match l {
                 Line::Out(line) => Reply::Out { line },
                 Line::Err(line) => Reply::Err { line },
+                Line::Stored(id) => Reply::Stored { id },
             };
             if write_json(&mut wr, &r).await.is_err() {
                 break;
@@ -215,7 +221,7 @@ pub async fn run_remote(
     socket: &Path,
     req: Request,
     input: Option<mpsc::Receiver<Option<String>>>,
-) -> std::io::Result<u8> {
+) -> std::io::Result<RemoteEnd> {
     let stream = liaison_node::control::connect(socket).await?;
     let (rd, mut wr) = stream.into_split();
     write_json(&mut wr, &req).await?;
@@ -234,13 +240,20 @@ pub async fn run_remote(
         })
     });
     let mut rd = BufReader::new(rd);
-    let mut code = 1u8;
-    while let Some(line) = read_line(&mut rd).await? {
+    let mut end = RemoteEnd::Lost { stored: None };
+    let mut stored = None;
+    loop {
+        let line = match read_line(&mut rd).await {
+            Ok(Some(l)) => l,
+            // the listener went away (end of stream, or the connection reset)
+            Ok(None) | Err(_) => break,
+        };
         match serde_json::from_str::<Reply>(&line) {
             Ok(Reply::Out { line }) => outln!("{line}"),
             Ok(Reply::Err { line }) => errln!("{line}"),
+            Ok(Reply::Stored { id }) => stored = Some(id),
             Ok(Reply::Exit { code: c }) => {
-                code = c;
+                end = RemoteEnd::Exit(c);
                 break;
             }
             Err(e) => {
@@ -252,7 +265,22 @@ pub async fn run_remote(
     if let Some(f) = fwd {
         f.abort();
     }
-    Ok(code)
+    if let RemoteEnd::Lost { stored: s } = &mut end {
+        *s = stored;
+    }
+    Ok(end)
+}
+
+/// How a command run through a listener ended.
+#[derive(Debug)]
+pub enum RemoteEnd {
+    /// The listener ran it to the end with this exit code.
+    Exit(u8),
+    /// The listener went away first; `stored` is the message's id if it was stored.
+    Lost {
+        /// `contact:seq` of the stored message.
+        stored: Option<String>,
+    },
 }
 
 /// Tells a running `listen` (if any) that contact `name` changed, and waits until its line
@@ -303,7 +331,7 @@ pub fn query_status(
         match serde_json::from_str::<Reply>(&line.ok()?).ok()? {
             Reply::Out { line } => return serde_json::from_str(&line).ok(),
             Reply::Exit { .. } => return None,
-            Reply::Err { .. } => {}
+            Reply::Err { .. } | Reply::Stored { .. } => {}
         }
     }
     None

@@ -11,6 +11,9 @@ pub trait Out: Send {
     fn out(&mut self, line: &str);
     /// A line for stderr.
     fn err(&mut self, line: &str);
+    /// The message this command sends is durably stored under `id` (a `send`'s client learns
+    /// it, so that it can tell its user the message's state if the listener stops).
+    fn stored(&mut self, _id: &str) {}
 }
 
 /// This process's stdout/stderr.
@@ -33,6 +36,8 @@ pub enum Line {
     Out(String),
     /// stderr.
     Err(String),
+    /// Not printed: the id under which the message was stored ([`Out::stored`]).
+    Stored(String),
 }
 
 /// Output forwarded to a control-socket client.
@@ -48,6 +53,9 @@ impl Out for Remote {
     }
     fn err(&mut self, line: &str) {
         let _ = self.tx.send(Line::Err(line.to_string()));
+    }
+    fn stored(&mut self, id: &str) {
+        let _ = self.tx.send(Line::Stored(id.to_string()));
     }
 }
 

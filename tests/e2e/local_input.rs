@@ -311,3 +311,46 @@ fn a_send_racing_the_listeners_start_goes_through_it() {
     assert_eq!(lb.terminate(), Some(0));
     drop(bob);
 }
+
+/// Issue 9, defect 3: a listener killed during a `send` through it made the send exit 1 with
+/// no output, even when the message was stored (a script that retried then sent it twice).
+/// The send now reports the stored message's state and id from the store, and exits 4 for a
+/// pending one; the next listener delivers it once.
+#[test]
+fn a_send_whose_listener_is_killed_reports_the_stored_message() {
+    let alice = Node::new("alice");
+    let bob = Node::new("bob");
+    let b_bind = free_port();
+    alice.pin(&bob, Some(&b_bind));
+    bob.pin(&alice, None);
+    let la = alice.listen("127.0.0.1:0");
+    // bob is away: the send waits in alice's listener
+    let send = alice.spawn_stdin(&[
+        "send",
+        "bob",
+        "stored, then killed",
+        "--json",
+        "--timeout",
+        "30",
+    ]);
+    std::thread::sleep(Duration::from_millis(1500));
+    la.kill9();
+    let out = send.finish(Duration::from_secs(20));
+    assert_code(&out, 4, "the send whose listener was killed");
+    assert_eq!(json(&out)["status"], "pending", "{}", stderr(&out));
+    assert_eq!(json(&out)["id"], "bob:1");
+    assert!(
+        stderr(&out).contains("stopped during this send") && stderr(&out).contains("bob:1"),
+        "{}",
+        stderr(&out)
+    );
+    // the next listener delivers it, once
+    let mut lb = bob.listen(&b_bind);
+    let la2 = alice.listen("127.0.0.1:0");
+    let got = lb.messages(1, Duration::from_secs(45));
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(got[0]["text"], "stored, then killed");
+    assert!(lb.messages(1, Duration::from_secs(2)).is_empty(), "once");
+    drop(la2);
+    assert_eq!(lb.terminate(), Some(0));
+}
