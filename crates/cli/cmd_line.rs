@@ -142,6 +142,8 @@ fn text_content(text: String) -> MessageContent {
 struct Running {
     node: Node,
     _lock: HomeLock,
+    /// The home's control socket path (a running `call` serves it, like `listen`).
+    control: PathBuf,
 }
 
 enum Access {
@@ -196,7 +198,11 @@ fn local_access(ctx: &Ctx, home: &Home, lock: HomeLock) -> Result<Access, Failur
     let db = store::open(&home.db_path()).ctx("opening the message store")?;
     let node = Node::start(db, home.db_path(), secrets, NodeOptions::default())
         .ctx("starting the node")?;
-    Ok(Access::Local(Box::new(Running { node, _lock: lock })))
+    Ok(Access::Local(Box::new(Running {
+        node,
+        _lock: lock,
+        control: home.control_socket_path(),
+    })))
 }
 
 /// `listen`'s lock: waits while a one-shot command holds the home (saying so once), so that a
@@ -792,10 +798,37 @@ pub fn call(ctx: &Ctx, a: CallArgs) -> CmdResult {
         match acc {
             Access::Local(r) => {
                 let mut local = Local;
+                // while the call runs, `status`, `send` and `call` on this home go through it,
+                // as they go through a running `listen`
+                let control = match ControlListener::bind(&r.control) {
+                    Ok(c) => Some(c),
+                    Err(e) => {
+                        errln!("warning: other commands cannot use this call's line: {e}");
+                        None
+                    }
+                };
+                let serve = async {
+                    let Some(control) = &control else {
+                        return std::future::pending().await;
+                    };
+                    loop {
+                        match control.accept().await {
+                            Ok(stream) => {
+                                tokio::spawn(control::serve_connection(r.node.clone(), stream));
+                            }
+                            Err(e) => {
+                                errln!("warning: control socket: {e}");
+                                tokio::time::sleep(Duration::from_millis(100)).await;
+                            }
+                        }
+                    }
+                };
                 let code = tokio::select! {
                     c = call_logic(&r.node, req, input, &mut local) => c,
                     _ = interrupted() => Code::Ok,
+                    () = serve => Code::Runtime,
                 };
+                drop(control);
                 r.node.shutdown().await;
                 Ok(code)
             }

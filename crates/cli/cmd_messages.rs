@@ -383,7 +383,7 @@ pub fn status(ctx: &Ctx) -> CmdResult {
         outln!(
             "node: {}",
             if live.is_some() {
-                "running (liaison listen)"
+                "running (liaison listen or call)"
             } else {
                 "not running"
             }

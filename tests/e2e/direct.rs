@@ -281,3 +281,40 @@ fn a_one_shot_send_uses_one_hop_and_logs_no_quic_errors() {
     assert_eq!(l.messages(3, Duration::from_secs(30)).len(), 3);
     assert_eq!(l.terminate(), Some(0));
 }
+
+/// Issue 9, defect 11 (in part): while alice's own `call` was up, `liaison status` said
+/// `node_running: false` and `line_up: false`. A running call serves the control socket like
+/// `listen`: status sees its line, and a `send` beside it goes through it.
+#[test]
+fn a_running_call_serves_status_and_sends() {
+    let (alice, _bob, mut l) = pair_with_listener("alice", "bob");
+    let mut call = alice.spawn_stdin(&["call", "bob", "--timeout", "60"]);
+    call.write_lines(&["first line".to_string()]);
+    let mut st = serde_json::Value::Null;
+    let end = std::time::Instant::now() + Duration::from_secs(20);
+    while std::time::Instant::now() < end {
+        st = json(&alice.run(&["status", "--json"]));
+        if st["contacts"][0]["line_up"] == true {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(st["node_running"], true, "{st}");
+    assert_eq!(st["contacts"][0]["line_up"], true, "{st}");
+    let out = alice.run(&["send", "bob", "beside the call", "--json"]);
+    assert_ok(&out, "send beside a running call");
+    assert_eq!(json(&out)["status"], "delivered");
+    let out = call.finish(Duration::from_secs(60));
+    assert_ok(&out, "call");
+    let texts: Vec<String> = l
+        .messages(2, Duration::from_secs(30))
+        .iter()
+        .map(|m| m["text"].as_str().unwrap_or_default().to_string())
+        .collect();
+    assert_eq!(texts.len(), 2, "{texts:?}");
+    assert!(texts.contains(&"first line".to_string()), "{texts:?}");
+    assert!(texts.contains(&"beside the call".to_string()), "{texts:?}");
+    // the socket is gone with the call
+    assert!(!alice.home.join("control.sock").exists());
+    assert_eq!(l.terminate(), Some(0));
+}
