@@ -150,7 +150,7 @@ fn add(ctx: &Ctx, a: AddArgs) -> CmdResult {
     let card = parse_card_text(&text).map_err(|e| verify_fail(format!("card refused: {e}")))?;
     let home = ctx.open_home()?;
     let secrets = ctx.load_secrets(&home)?;
-    let db = store::open(&home.db_path()).ctx("opening the message store")?;
+    let db = ctx.open_store(&home)?;
     let name = a.name.clone();
     let existing = db.write_blocking(store::contacts).ctx("reading contacts")?;
     let exists = existing.iter().any(|c| c.name == name);
@@ -271,7 +271,7 @@ fn list(ctx: &Ctx) -> CmdResult {
 
 fn open_rw(ctx: &Ctx) -> Result<store::Db, Failure> {
     let home = ctx.open_home()?;
-    store::open(&home.db_path()).ctx("opening the message store")
+    ctx.open_store(&home)
 }
 
 fn no_such(name: &str) -> Failure {
@@ -349,7 +349,7 @@ fn set(ctx: &Ctx, a: SetArgs) -> CmdResult {
 fn pair(ctx: &Ctx, a: PairArgs) -> CmdResult {
     let home = ctx.open_home()?;
     let secrets = ctx.load_secrets(&home)?;
-    let db = store::open(&home.db_path()).ctx("opening the message store")?;
+    let db = ctx.open_store(&home)?;
     let secret = match (&a.secret, a.new) {
         (Some(s), false) => {
             PairingSecret::parse(s).map_err(|e| usage(format!("pairing secret refused: {e}")))?
@@ -438,7 +438,7 @@ pub fn verify(ctx: &Ctx, a: VerifyArgs) -> CmdResult {
     let number = safety_number(own.identity_key(), &c.identity);
     let mut verified = c.verified;
     if a.confirm {
-        let db = store::open(&home.db_path()).ctx("opening the message store")?;
+        let db = ctx.open_store(&home)?;
         let name = a.name.clone();
         let detail = format!("safety number confirmed {number}");
         db.write_blocking(move |conn| {

@@ -195,7 +195,7 @@ const ACCESS_WAIT: Duration = Duration::from_secs(15);
 /// Runs a node of our own on `home`, whose lock we hold.
 fn local_access(ctx: &Ctx, home: &Home, lock: HomeLock) -> Result<Access, Failure> {
     let secrets = ctx.load_secrets(home)?;
-    let db = store::open(&home.db_path()).ctx("opening the message store")?;
+    let db = ctx.open_store(home)?;
     let node = Node::start(db, home.db_path(), secrets, NodeOptions::default())
         .ctx("starting the node")?;
     Ok(Access::Local(Box::new(Running {
@@ -865,7 +865,7 @@ pub fn listen(ctx: &Ctx, a: ListenArgs) -> CmdResult {
     let rt = ctx.runtime()?;
     let json = ctx.json;
     let code = rt.block_on(async {
-        let db = store::open(&home.db_path()).ctx("opening the message store")?;
+        let db = ctx.open_store(&home)?;
         let node = Node::start(db, home.db_path(), secrets, NodeOptions::default())
             .ctx("starting the node")?;
         let addr = match a.bind {

@@ -283,7 +283,7 @@ pub fn outbox(ctx: &Ctx, a: OutboxArgs) -> CmdResult {
     let home = ctx.open_home()?;
     if let Some(OutboxCmd::Drop { id }) = a.cmd {
         let (contact, seq) = parse_id(&id)?;
-        let db = store::open(&home.db_path()).ctx("opening the message store")?;
+        let db = ctx.open_store(&home)?;
         let c2 = contact.clone();
         let ok = db
             .write_blocking(move |c| {

@@ -155,7 +155,7 @@ fn add(ctx: &Ctx, a: AddArgs) -> CmdResult {
     let home: Home = ctx.open_home()?;
     let _lock = ctx.lock(&home)?;
     let (mut secrets, pass) = ctx.load_secrets_keeping_passphrase(&home)?;
-    let db = store::open(&home.db_path()).ctx("opening the message store")?;
+    let db = ctx.open_store(&home)?;
     let name = a.name.clone();
     let existing = db
         .write_blocking(move |c| store::relay(c, &name))

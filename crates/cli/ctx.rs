@@ -130,7 +130,16 @@ impl Ctx {
 
     /// The store, read-only.
     pub fn db_ro(&self, home: &Home) -> Result<rusqlite::Connection, Failure> {
+        store_present(home)?;
         store::open_read_only(&home.db_path()).ctx("opening the message store")
+    }
+
+    /// The home's message store, which `init` created. A missing one is refused, never made
+    /// afresh: an empty store would forget every contact and receipt and reuse sequence
+    /// numbers the peers already hold.
+    pub fn open_store(&self, home: &Home) -> Result<store::Db, Failure> {
+        store_present(home)?;
+        store::open(&home.db_path()).ctx("opening the message store")
     }
 
     /// A tokio runtime for commands that do I/O.
@@ -246,6 +255,25 @@ fn warn_if_readable_by_others(path: &Path) {
             path.display(),
             path.display()
         );
+    }
+}
+
+/// Refuses a home whose message store is gone (`init` makes it; nothing deletes it).
+fn store_present(home: &Home) -> Result<(), Failure> {
+    let path = home.db_path();
+    match std::fs::symlink_metadata(&path) {
+        Ok(m) if m.is_file() => Ok(()),
+        Ok(_) => Err(runtime(format!(
+            "the message store {} is not a regular file: restore this home from a backup",
+            path.display()
+        ))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(runtime(format!(
+            "the message store {} is missing: this home's contacts, messages and receipts are \
+             gone. Restore the home from a backup; nothing was created in its place (an empty \
+             store would reuse sequence numbers your contacts already hold)",
+            path.display()
+        ))),
+        Err(e) => Err(runtime(format!("cannot read {}: {e}", path.display()))),
     }
 }
 

@@ -354,3 +354,43 @@ fn a_send_whose_listener_is_killed_reports_the_stored_message() {
     drop(la2);
     assert_eq!(lb.terminate(), Some(0));
 }
+
+/// Issue 9, defect 5 (in part): with `node.db` deleted, `listen` silently made an empty store
+/// (every contact and receipt forgotten, sequence numbers to be reused). Every command that
+/// needs the store refuses with one line saying to restore from a backup, and creates nothing;
+/// `id` (which needs no store) still works.
+#[test]
+fn a_deleted_message_store_is_refused_not_recreated() {
+    let alice = Node::new("alice");
+    let bob = Node::new("bob");
+    alice.pin(&bob, None);
+    for f in ["node.db", "node.db-wal", "node.db-shm"] {
+        let _ = std::fs::remove_file(alice.home.join(f));
+    }
+    for args in [
+        &["listen", "--bind", "127.0.0.1:0"][..],
+        &["send", "bob", "into the void", "--timeout", "2"][..],
+        &["contact", "list"][..],
+        &["inbox"][..],
+        &["status"][..],
+    ] {
+        let out = alice.run(args);
+        assert_code(&out, 1, &format!("{args:?} without a store"));
+        assert!(
+            stderr(&out).contains("is missing") && stderr(&out).contains("backup"),
+            "{args:?}: {}",
+            stderr(&out)
+        );
+        assert_eq!(
+            stderr(&out).lines().count(),
+            1,
+            "{args:?}: {}",
+            stderr(&out)
+        );
+        assert!(
+            !alice.home.join("node.db").exists(),
+            "{args:?} made a store"
+        );
+    }
+    assert_ok(&alice.run(&["id"]), "id needs no store");
+}
