@@ -44,7 +44,7 @@ pub struct ListenArgs {
 /// `liaison call`.
 #[derive(Args, Debug)]
 #[command(
-    after_help = "Examples:\n  liaison call bob --addr bob.example:7700       # interactive: type, Enter sends\n  printf 'one\\ntwo\\n' | liaison call bob         # piped: exits 0 once bob has both\n  liaison call bob --relay r1"
+    after_help = "Examples:\n  liaison call bob --addr bob.example:7700       # interactive: type, Enter sends\n  printf 'one\\ntwo\\n' | liaison call bob         # piped: exits 0 once bob has both\n  liaison call bob --relay r1\n\nWhile it runs, `status`, `send` and `call` on the same home go through it, as they go\nthrough a running `listen`."
 )]
 pub struct CallArgs {
     /// The contact to call.
