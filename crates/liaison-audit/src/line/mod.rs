@@ -52,14 +52,17 @@ use sha2::{Digest, Sha256};
 
 use crate::Hash;
 use crate::checkpoint::SignedCheckpoint;
-use crate::codec::DecodeError;
 use crate::entry::{AnomalyKind, Event, KeyEventKind};
 use crate::keys::KeyBinding;
 use crate::log::{AcceptedCosignature, AuditLog, LogError, PendingEntry};
-use crate::receipt::{Receipt, ReceiptError};
+use crate::receipt::Receipt;
 use crate::store::StoreError;
 use crate::wire::{AuditMessage, CheckpointOffer, CosignatureMsg, Resync};
 use crate::witness::{Witness, WitnessAccept, WitnessError, WitnessOutcome};
+
+mod error;
+pub use error::LineError;
+use error::anomaly_for;
 
 /// Shortest time between two cosignatures of new peer checkpoints, in milliseconds, unless this
 /// log logged an entry that calls for a checkpoint in between (see the module documentation).
@@ -102,59 +105,6 @@ pub trait LineStorage {
     fn sent_commitment(&self, seq: u64) -> Result<Option<Hash>, StoreError>;
     /// Durable `msg_recv` leaves with index in `[from, to)`, as (index, leaf).
     fn received_in(&self, from: u64, to: u64) -> Result<Vec<(u64, Vec<u8>)>, StoreError>;
-}
-
-/// Errors of a line's audit driver.
-#[non_exhaustive]
-#[derive(Debug, thiserror::Error)]
-pub enum LineError {
-    /// A peer message that does not decode.
-    #[error("malformed audit message from the peer: {0}")]
-    Malformed(#[from] DecodeError),
-    /// The peer's checkpoint offer was refused.
-    #[error("refused the peer's checkpoint: {0}")]
-    Witness(#[from] WitnessError),
-    /// A cosignature or resync from the peer was refused, or a local log error.
-    #[error("{0}")]
-    Log(#[from] LogError),
-    /// A receipt from the peer does not verify.
-    #[error("refused the peer's receipt: {0}")]
-    Receipt(#[from] ReceiptError),
-    /// A receipt for a message this node did not send (or with another commitment).
-    #[error("the peer's receipt for seq {seq} matches no message this node sent")]
-    ReceiptMismatch {
-        /// Seq named.
-        seq: u64,
-    },
-    /// A receipt under a checkpoint this node never cosigned.
-    #[error("the peer's receipt is under checkpoint {size}, which this node has not cosigned")]
-    ReceiptUnwitnessed {
-        /// Checkpoint size.
-        size: u64,
-    },
-    /// A message that needs the peer's audit keys before they are known.
-    #[error("the peer's audit keys are not known yet")]
-    PeerKeysUnknown,
-    /// Local storage failed.
-    #[error("audit store: {0}")]
-    Store(#[from] StoreError),
-}
-
-impl LineError {
-    /// True if the peer (or the path to it) misbehaved, false for a local failure.
-    pub fn is_peer_fault(&self) -> bool {
-        !matches!(self, LineError::Store(_))
-            && !matches!(
-                self,
-                LineError::Log(
-                    LogError::StoreInconsistent(_)
-                        | LogError::Keys(_)
-                        | LogError::Checkpoint(_)
-                        | LogError::Proof(_)
-                        | LogError::BatchOutOfOrder
-                )
-            )
-    }
 }
 
 /// Where a line stands.
@@ -599,24 +549,6 @@ impl<S: LineStorage> Line<S> {
         self.storage.store_receipt(v.seq, r)?;
         Ok(())
     }
-}
-
-fn anomaly_for(e: &LineError) -> Option<AnomalyKind> {
-    Some(match e {
-        LineError::Malformed(_) => AnomalyKind::MalformedFrame,
-        LineError::Witness(w) => w.anomaly_kind(),
-        LineError::Log(LogError::PeerStateInconsistent { .. }) => AnomalyKind::PeerStateMismatch,
-        LineError::Log(
-            LogError::PeerKeys(_)
-            | LogError::UnknownCheckpoint { .. }
-            | LogError::BadCosignature { .. },
-        ) => AnomalyKind::BadCosignature,
-        LineError::Receipt(_)
-        | LineError::ReceiptMismatch { .. }
-        | LineError::ReceiptUnwitnessed { .. }
-        | LineError::PeerKeysUnknown => AnomalyKind::BadReceipt,
-        _ => return None,
-    })
 }
 
 #[cfg(test)]
