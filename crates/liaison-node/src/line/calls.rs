@@ -19,7 +19,7 @@ const ANOMALY_REPORT_EVERY: Duration = Duration::from_secs(60);
 const CARD_KEY_WARNING_EVERY: Duration = Duration::from_secs(3600);
 
 /// The audit log's event for an engine record.
-pub(crate) fn audit_event(rec: AuditRecord) -> Option<AuditEvent> {
+pub fn audit_event(rec: AuditRecord) -> Option<AuditEvent> {
     let dir = |d: CallDirection| match d {
         CallDirection::Outgoing => Direction::Outgoing,
         CallDirection::Incoming => Direction::Incoming,

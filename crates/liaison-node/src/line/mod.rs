@@ -29,7 +29,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 
-pub use calls::{audit_anomaly, message_event};
+pub use calls::{audit_anomaly, audit_event, message_event};
 pub use persist::{pairing_aad, received_digest};
 
 /// Inputs of a line task.

@@ -13,12 +13,9 @@ use crate::rng::Rng;
 use crate::scenario::{DAY, HOUR, Hostile, MINUTE, SECOND, Scenario};
 use crate::trace::Trace;
 use liaison_audit::MemoryLine;
-use liaison_audit::entry::{
-    AnomalyKind, CallEndReason, Direction, Event as AuditEvent, KeyEventKind, RelayEventKind,
-};
-use liaison_proto::conn::{
-    Anomaly, AuditRecord, CallDirection, CallEnd, Conn, Event, Now, PathKind, RelayRecord, Transmit,
-};
+use liaison_audit::entry::{Event as AuditEvent, KeyEventKind};
+use liaison_node::line::{audit_anomaly, audit_event};
+use liaison_proto::conn::{Anomaly, Conn, Event, Now, PathKind, Transmit};
 use liaison_proto::envelope;
 use liaison_proto::identity::Identity;
 use liaison_proto::mailbox_ring::MailboxRing;
@@ -284,71 +281,6 @@ pub struct World {
 
 fn hour_of(t: T) -> u64 {
     t / HOUR
-}
-
-fn audit_anomaly(a: Anomaly) -> Option<AnomalyKind> {
-    Some(match a {
-        Anomaly::ReplayedData => AnomalyKind::ReplayedFrame,
-        Anomaly::BadData | Anomaly::BadHandshake | Anomaly::BadEnvelope => {
-            AnomalyKind::UndecryptableFrame
-        }
-        Anomaly::Malformed
-        | Anomaly::MalformedFrames
-        | Anomaly::BadFragment
-        | Anomaly::BadMessage
-        | Anomaly::BadMailboxKey => AnomalyKind::MalformedFrame,
-        Anomaly::ReplayedHandshake => AnomalyKind::ReplayedHandshake,
-        Anomaly::HandshakeFlood => AnomalyKind::HandshakeRateLimited,
-        Anomaly::UnexpectedAck => AnomalyKind::UnexpectedAck,
-        _ => return None,
-    })
-}
-
-fn audit_event(rec: AuditRecord) -> Option<AuditEvent> {
-    let dir = |d: CallDirection| match d {
-        CallDirection::Outgoing => Direction::Outgoing,
-        CallDirection::Incoming => Direction::Incoming,
-    };
-    Some(match rec {
-        AuditRecord::CallOffered { call, direction } => AuditEvent::CallOffered {
-            call,
-            direction: dir(direction),
-        },
-        AuditRecord::CallStarted { call, direction } => AuditEvent::CallStarted {
-            call,
-            direction: dir(direction),
-        },
-        AuditRecord::CallEnded { call, reason } => AuditEvent::CallEnded {
-            call,
-            reason: match reason {
-                CallEnd::Normal => CallEndReason::Normal,
-                CallEnd::Timeout => CallEndReason::Timeout,
-                CallEnd::Error => CallEndReason::Error,
-                CallEnd::PeerClosed => CallEndReason::PeerClosed,
-                CallEnd::Cancelled => CallEndReason::Cancelled,
-            },
-        },
-        AuditRecord::MsgAcked { upto } => AuditEvent::MsgAcked { seq: upto },
-        AuditRecord::PeerMailboxKey { key_id } => {
-            let mut key_hash = [0; 32];
-            key_hash[..MAILBOX_KEY_ID_LEN].copy_from_slice(&key_id);
-            AuditEvent::KeyEvent {
-                kind: KeyEventKind::PeerMailboxKey,
-                key_hash,
-            }
-        }
-        AuditRecord::Relay { kind, relay } => AuditEvent::RelayEvent {
-            kind: match kind {
-                RelayRecord::Connected => RelayEventKind::Connected,
-                RelayRecord::Disconnected => RelayEventKind::Disconnected,
-                RelayRecord::EnvelopeQueued => RelayEventKind::EnvelopeQueued,
-                RelayRecord::EnvelopeReceived => RelayEventKind::EnvelopeReceived,
-                RelayRecord::NoSubscriber => RelayEventKind::NoSubscriber,
-            },
-            relay,
-        },
-        _ => return None,
-    })
 }
 
 /// The message id a message's salt carries (the simulator writes it there).
