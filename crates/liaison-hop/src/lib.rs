@@ -610,6 +610,18 @@ mod tests {
         }
     }
 
+    /// An echo server on 127.0.0.1 that pins `client` alone: its key and address.
+    fn echo_server(client: &HopKey, limits: &HopLimits) -> (HopKey, SocketAddr) {
+        let server_key = HopKey::generate().unwrap();
+        let pins = Arc::new(Set::default());
+        pins.0.lock().unwrap().insert(client.spki().to_vec());
+        let cfg = server_config(&server_key, pins, limits).unwrap();
+        let ep = server_endpoint("127.0.0.1:0".parse().unwrap(), cfg).unwrap();
+        let addr = ep.local_addr().unwrap();
+        tokio::spawn(serve(ep, limits.clone()));
+        (server_key, addr)
+    }
+
     #[test]
     fn congestion_controllers_parse_by_name() {
         assert_eq!("bbr".parse::<Congestion>(), Ok(Congestion::Bbr));
@@ -627,18 +639,12 @@ mod tests {
     #[tokio::test]
     async fn both_congestion_controllers_carry_a_hop() {
         for congestion in [Congestion::Bbr, Congestion::Cubic] {
-            let server_key = HopKey::generate().unwrap();
             let client_key = HopKey::generate().unwrap();
-            let pins = Arc::new(Set::default());
-            pins.0.lock().unwrap().insert(client_key.spki().to_vec());
             let limits = HopLimits {
                 congestion,
                 ..HopLimits::default()
             };
-            let cfg = server_config(&server_key, pins, &limits).unwrap();
-            let ep = server_endpoint("127.0.0.1:0".parse().unwrap(), cfg).unwrap();
-            let addr = ep.local_addr().unwrap();
-            tokio::spawn(serve(ep, limits.clone()));
+            let (server_key, addr) = echo_server(&client_key, &limits);
             let cep = client_endpoint(addr).unwrap();
             let mut hop = connect(&cep, addr, &client_key, &server_key.spki(), &limits)
                 .await
@@ -657,16 +663,10 @@ mod tests {
 
     #[tokio::test]
     async fn pinned_mutual_tls_echo_and_refusals() {
-        let server_key = HopKey::generate().unwrap();
         let client_key = HopKey::generate().unwrap();
         let stranger = HopKey::generate().unwrap();
-        let pins = Arc::new(Set::default());
-        pins.0.lock().unwrap().insert(client_key.spki().to_vec());
         let limits = HopLimits::default();
-        let cfg = server_config(&server_key, pins, &limits).unwrap();
-        let ep = server_endpoint("127.0.0.1:0".parse().unwrap(), cfg).unwrap();
-        let addr = ep.local_addr().unwrap();
-        tokio::spawn(serve(ep, limits.clone()));
+        let (server_key, addr) = echo_server(&client_key, &limits);
 
         let cep = client_endpoint(addr).unwrap();
         let mut hop = connect(&cep, addr, &client_key, &server_key.spki(), &limits)

@@ -393,6 +393,7 @@ fn messages_a_restored_peer_lost_are_sent_again() {
     assert_eq!(a.acked, 6);
 }
 
+#[derive(Default)]
 struct Relay {
     /// (inbox, envelope id) → blob
     held: BTreeMap<([u8; 16], EnvelopeId), Vec<u8>>,
@@ -476,10 +477,7 @@ fn queue_for_absent_bob(a: &mut Party, b: &mut Party, relay: &mut Relay, n: Now,
 fn envelopes_are_posted_again_after_a_relay_lost_them() {
     let start = Instant::now();
     let (mut a, mut b) = pair();
-    let mut relay = Relay {
-        held: BTreeMap::new(),
-        deleted: Vec::new(),
-    };
+    let mut relay = Relay::default();
     let n = now_at(start, 0);
     queue_for_absent_bob(&mut a, &mut b, &mut relay, n, &["while you were out"]);
     assert_eq!(a.queued, vec![1]);
@@ -529,10 +527,7 @@ fn envelopes_are_posted_again_after_a_relay_lost_them() {
 fn kept_envelopes_follow_the_contact_to_another_relay() {
     let start = Instant::now();
     let (mut a, mut b) = pair();
-    let mut old = Relay {
-        held: BTreeMap::new(),
-        deleted: Vec::new(),
-    };
+    let mut old = Relay::default();
     let n = now_at(start, 0);
     queue_for_absent_bob(&mut a, &mut b, &mut old, n, &["before the move"]);
     assert_eq!(a.queued, vec![1]);
@@ -541,10 +536,7 @@ fn kept_envelopes_follow_the_contact_to_another_relay() {
     // `contact set bob --relay r2`: the path to the old relay goes, one to another comes up
     a.conn.path_down(n, 2);
     a.conn.path_up(n, 2, PathKind::Relay { relay: [7; 32] });
-    let mut new = Relay {
-        held: BTreeMap::new(),
-        deleted: Vec::new(),
-    };
+    let mut new = Relay::default();
     relay_round(&mut a, &mut new, &mut b, false, n);
     let n = now_at(start, 2_500);
     a.conn.handle_timeout(n);
@@ -569,10 +561,7 @@ fn kept_envelopes_follow_the_contact_to_another_relay() {
 /// Both ends meet at a relay and talk live; then the relay says bob is not subscribed.
 fn live_through_relay_then_bob_unsubscribed(start: Instant) -> (Party, Party, Relay) {
     let (mut a, mut b) = pair();
-    let mut relay = Relay {
-        held: BTreeMap::new(),
-        deleted: Vec::new(),
-    };
+    let mut relay = Relay::default();
     let n = now_at(start, 0);
     a.conn.path_up(n, 2, relay_kind());
     b.conn.path_up(n, 2, relay_kind());
@@ -635,10 +624,7 @@ fn a_peer_that_does_not_resubscribe_in_its_grace_is_away() {
 fn a_restarted_sender_posts_the_same_envelopes_again() {
     let start = Instant::now();
     let (mut a, mut b) = pair();
-    let mut relay = Relay {
-        held: BTreeMap::new(),
-        deleted: Vec::new(),
-    };
+    let mut relay = Relay::default();
     let n = now_at(start, 0);
     let mut sealed = Vec::new();
     a.conn.path_up(n, 2, relay_kind());
@@ -687,10 +673,7 @@ fn relay_posted(a: &Party, ids: &[EnvelopeId]) -> Vec<SealedEnvelope> {
 fn envelopes_are_deleted_only_after_their_content_is_stored() {
     let start = Instant::now();
     let (mut a, mut b) = pair();
-    let mut relay = Relay {
-        held: BTreeMap::new(),
-        deleted: Vec::new(),
-    };
+    let mut relay = Relay::default();
     let n = now_at(start, 0);
     // a message of two fragments, in two envelopes
     let big = "x".repeat(MAX_FRAGMENT + 100);
@@ -736,10 +719,7 @@ fn envelopes_are_deleted_only_after_their_content_is_stored() {
 
     // an envelope whose message is beyond MAX_SEQ_AHEAD is dropped, and kept at the relay
     let (mut a, mut b) = pair();
-    let mut relay = Relay {
-        held: BTreeMap::new(),
-        deleted: Vec::new(),
-    };
+    let mut relay = Relay::default();
     a.next_seq = MAX_SEQ_AHEAD + 2;
     queue_for_absent_bob(&mut a, &mut b, &mut relay, n, &["far ahead"]);
     b.conn.path_up(n, 2, relay_kind());
@@ -769,10 +749,7 @@ fn envelopes_are_deleted_only_after_their_content_is_stored() {
 fn envelopes_carry_fresh_mailbox_keys() {
     let start = Instant::now();
     let (mut a, mut b) = pair();
-    let mut relay = Relay {
-        held: BTreeMap::new(),
-        deleted: Vec::new(),
-    };
+    let mut relay = Relay::default();
     let n = now_at(start, 0);
     // both make a fresh (daily) key; neither has the other's yet
     let ka = a
