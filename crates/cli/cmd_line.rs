@@ -273,6 +273,29 @@ pub async fn send_logic(node: &Node, req: SendReq, out: &mut dyn Out) -> Code {
             Some(&s) => s,
             None => return Code::Runtime,
         },
+        Err(NodeError::Unlogged {
+            contact,
+            seqs,
+            reason,
+        }) => {
+            // stored, so said as the stored state is everywhere else: pending (exit 4)
+            let e = NodeError::Unlogged {
+                contact: contact.clone(),
+                seqs: seqs.clone(),
+                reason,
+            };
+            for s in seqs {
+                let id = format!("{contact}:{s}");
+                out.stored(&id);
+                if req.json {
+                    out.out(&serde_json::json!({"status": "pending", "id": id}).to_string());
+                } else {
+                    out.out(&format!("pending {id}"));
+                }
+            }
+            out.err(&format!("error: {e}"));
+            return Code::NotDelivered;
+        }
         Err(e) => {
             let f = node_failure(e);
             out.err(&format!("error: {}", f.msg));

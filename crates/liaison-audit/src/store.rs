@@ -746,6 +746,41 @@ impl Line<SqliteStorage> {
         };
         Ok((line, offer))
     }
+
+    /// The seqs in `from..=to` that have a durable `msg_sent` entry in this line's log, with
+    /// its commitment (the last one stored, should a seq have been logged twice). A node calls
+    /// it when the line opens to find outbox rows whose entry a crash kept from being stored.
+    pub fn sent_commitments(
+        &self,
+        from: u64,
+        to: u64,
+    ) -> Result<std::collections::BTreeMap<u64, Hash>, StoreError> {
+        let s = self.storage();
+        let mut st = s.conn.prepare_cached(
+            "SELECT seq, commitment FROM audit_entries WHERE line = ?1 AND kind = ?2 AND seq BETWEEN ?3 AND ?4 ORDER BY idx",
+        )?;
+        let code = i64::from(
+            Event::MsgSent {
+                seq: 0,
+                commitment: [0; 32],
+                ciphertext_hash: [0; 32],
+            }
+            .kind_code(),
+        );
+        let rows = st.query_map(params![s.line, code, to_i64(from)?, to_i64(to)?], |r| {
+            Ok((r.get::<_, i64>(0)?, r.get::<_, Vec<u8>>(1)?))
+        })?;
+        let mut out = std::collections::BTreeMap::new();
+        for row in rows {
+            let (seq, c) = row?;
+            let c: Hash = c
+                .as_slice()
+                .try_into()
+                .map_err(|_| StoreError::Corrupt("stored commitment".into()))?;
+            out.insert(to_u64(seq)?, c);
+        }
+        Ok(out)
+    }
 }
 
 /// One line, as listed by [`AuditReader::lines`].

@@ -29,6 +29,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::{broadcast, mpsc, oneshot};
 use zeroize::Zeroizing;
 
+/// Longest wait for the last commit at shutdown (above SQLite's 5 s busy timeout).
+const STOP_WAIT: Duration = Duration::from_secs(12);
+
 /// Group-commit period of audit logs.
 pub const COMMIT_EVERY: Duration = Duration::from_millis(100);
 
@@ -44,6 +47,8 @@ enum Cmd {
         contact: String,
         peer: [u8; 32],
         line: mpsc::Sender<LineInput>,
+        sent: Vec<(u64, [u8; 32])>,
+        reply: oneshot::Sender<Result<(), String>>,
     },
     Append {
         contact: String,
@@ -55,7 +60,7 @@ enum Cmd {
     },
     Persist {
         contact: String,
-        reply: oneshot::Sender<bool>,
+        reply: oneshot::Sender<Result<(), String>>,
     },
     Message {
         contact: String,
@@ -67,7 +72,7 @@ enum Cmd {
     Status {
         reply: oneshot::Sender<HashMap<String, liaison_audit::LineStatus>>,
     },
-    Flush {
+    Stop {
         reply: oneshot::Sender<()>,
     },
 }
@@ -129,13 +134,28 @@ impl Audit {
         }
     }
 
-    /// Opens (or creates) the log of the line with the contact whose identity key is `peer`.
-    pub(crate) fn open(&self, contact: &str, peer: [u8; 32], line: mpsc::Sender<LineInput>) {
+    /// Opens (or creates) the log of the line with the contact whose identity key is `peer`,
+    /// and makes sure every message about to leave has its `msg_sent` entry: `sent` lists the
+    /// outbox's unacknowledged messages (seq, commitment); those a crash kept out of the log
+    /// (it struck between the outbox commit and the audit commit) are logged now, durably,
+    /// before the line may send them. An error means the line must not run.
+    pub(crate) async fn open(
+        &self,
+        contact: &str,
+        peer: [u8; 32],
+        line: mpsc::Sender<LineInput>,
+        sent: Vec<(u64, [u8; 32])>,
+    ) -> Result<(), String> {
+        let (reply, rx) = oneshot::channel();
         self.send(Cmd::Open {
             contact: contact.to_string(),
             peer,
             line,
+            sent,
+            reply,
         });
+        rx.await
+            .unwrap_or_else(|_| Err("the audit service has stopped".into()))
     }
 
     /// Appends an event (durable at the next group commit).
@@ -154,14 +174,16 @@ impl Audit {
         });
     }
 
-    /// Makes everything appended so far durable; false if it failed.
-    pub(crate) async fn persist(&self, contact: &str) -> bool {
+    /// Makes everything appended so far durable. An error says why it is not (the entries
+    /// stay pending and are stored by a later commit if the cause goes away).
+    pub(crate) async fn persist(&self, contact: &str) -> Result<(), String> {
         let (reply, rx) = oneshot::channel();
         self.send(Cmd::Persist {
             contact: contact.to_string(),
             reply,
         });
-        rx.await.unwrap_or(false)
+        rx.await
+            .unwrap_or_else(|_| Err("the audit service has stopped".into()))
     }
 
     /// An AUDIT frame from the peer; replies go back to the line as `AuditOut`.
@@ -186,11 +208,12 @@ impl Audit {
         rx.await.unwrap_or_default()
     }
 
-    /// Commits and signs whatever is pending (at shutdown).
-    pub(crate) async fn flush(&self) {
+    /// Commits and signs whatever is pending, then stops the thread (at shutdown), so a node
+    /// started again on the same home in this process is the only writer of its logs.
+    pub(crate) async fn stop(&self) {
         let (reply, rx) = oneshot::channel();
-        self.send(Cmd::Flush { reply });
-        let _ = tokio::time::timeout(Duration::from_secs(5), rx).await;
+        self.send(Cmd::Stop { reply });
+        let _ = tokio::time::timeout(STOP_WAIT, rx).await;
     }
 }
 
@@ -205,6 +228,11 @@ fn run(
     loop {
         let wait = next_commit.saturating_duration_since(Instant::now());
         match rx.recv_timeout(wait) {
+            Ok(Cmd::Stop { reply }) => {
+                commit_all(&mut lines);
+                let _ = reply.send(());
+                return;
+            }
             Ok(cmd) => handle(cmd, &path, &keys, &events, &mut lines),
             Err(std_mpsc::RecvTimeoutError::Timeout) => {}
             Err(std_mpsc::RecvTimeoutError::Disconnected) => {
@@ -260,38 +288,18 @@ fn handle(
             contact,
             peer,
             line,
+            sent,
+            reply,
         } => {
-            if let Some(o) = lines.get_mut(&contact) {
-                o.line = line;
-                return;
+            let r = open_line(&contact, peer, line, &sent, path, keys, lines, now);
+            if let Err(e) = &r {
+                tracing::error!(contact = %contact, "cannot open the audit log: {e}");
+                let _ = events.send(NodeEvent::Anomaly {
+                    contact,
+                    kind: format!("audit log unavailable: {e}"),
+                });
             }
-            let Ok(peer) = VerifyingKey::from_bytes(&peer) else {
-                tracing::error!(contact = %contact, "cannot open the audit log: bad peer key");
-                return;
-            };
-            let Some(local) = keys.local() else {
-                tracing::error!("audit keys do not bind to the identity");
-                return;
-            };
-            match LineAudit::open(path, local, peer, now) {
-                Ok((log, recovery)) => {
-                    let o = Open {
-                        log,
-                        line,
-                        dirty: false,
-                        reported: None,
-                    };
-                    send_out(&o, recovery.into_iter().collect());
-                    lines.insert(contact, o);
-                }
-                Err(e) => {
-                    tracing::error!(contact = %contact, "cannot open the audit log: {e}");
-                    let _ = events.send(NodeEvent::Anomaly {
-                        contact,
-                        kind: format!("audit log unavailable: {e}"),
-                    });
-                }
-            }
+            let _ = reply.send(r);
         }
         Cmd::Append { contact, event } => {
             if let Some(o) = lines.get_mut(&contact) {
@@ -306,17 +314,14 @@ fn handle(
             }
         }
         Cmd::Persist { contact, reply } => {
-            let ok = match lines.get_mut(&contact) {
-                Some(o) => match o.log.persist(now) {
-                    Ok(()) => true,
-                    Err(e) => {
-                        tracing::error!(contact = %contact, "audit persist failed: {e}");
-                        false
-                    }
-                },
-                None => false,
+            let r = match lines.get_mut(&contact) {
+                Some(o) => o.log.persist(now).map_err(|e| {
+                    tracing::error!(contact = %contact, "audit persist failed: {e}");
+                    e.to_string()
+                }),
+                None => Err("the line's audit log is not open".into()),
             };
-            let _ = reply.send(ok);
+            let _ = reply.send(r);
         }
         Cmd::Message { contact, bytes } => {
             let Some(o) = lines.get_mut(&contact) else {
@@ -360,9 +365,78 @@ fn handle(
                 .collect();
             let _ = reply.send(m);
         }
-        Cmd::Flush { reply } => {
+        Cmd::Stop { reply } => {
             commit_all(lines);
             let _ = reply.send(());
         }
     }
+}
+
+/// Opens a line's log (or rebinds it to a new line task) and logs the `msg_sent` entries a
+/// crash kept out of it, durably (see [`Audit::open`]).
+#[allow(clippy::too_many_arguments)]
+fn open_line(
+    contact: &str,
+    peer: [u8; 32],
+    line: mpsc::Sender<LineInput>,
+    sent: &[(u64, [u8; 32])],
+    path: &std::path::Path,
+    keys: &AuditKeys,
+    lines: &mut HashMap<String, Open>,
+    now: u64,
+) -> Result<(), String> {
+    if !lines.contains_key(contact) {
+        let peer = VerifyingKey::from_bytes(&peer).map_err(|_| "bad peer key".to_string())?;
+        let local = keys
+            .local()
+            .ok_or_else(|| "the audit keys do not bind to the identity".to_string())?;
+        let (log, recovery) = LineAudit::open(path, local, peer, now).map_err(|e| e.to_string())?;
+        let o = Open {
+            log,
+            line: line.clone(),
+            dirty: false,
+            reported: None,
+        };
+        send_out(&o, recovery.into_iter().collect());
+        lines.insert(contact.to_string(), o);
+    }
+    let Some(o) = lines.get_mut(contact) else {
+        return Err("the line's audit log is not open".into());
+    };
+    o.line = line;
+    let (Some(from), Some(to)) = (
+        sent.iter().map(|s| s.0).min(),
+        sent.iter().map(|s| s.0).max(),
+    ) else {
+        return Ok(());
+    };
+    let logged = o
+        .log
+        .sent_commitments(from, to)
+        .map_err(|e| e.to_string())?;
+    let mut repaired = 0usize;
+    for &(seq, commitment) in sent {
+        if logged.get(&seq) == Some(&commitment) {
+            continue;
+        }
+        o.log.append(
+            Event::MsgSent {
+                seq,
+                commitment,
+                ciphertext_hash: [0; 32],
+            },
+            now,
+        );
+        repaired += 1;
+    }
+    if repaired > 0 {
+        o.dirty = true;
+        o.log.persist(now).map_err(|e| e.to_string())?;
+        tracing::warn!(
+            contact,
+            repaired,
+            "logged the msg_sent entries of messages a crash kept out of the audit log"
+        );
+    }
+    Ok(())
 }

@@ -180,6 +180,25 @@ pub enum NodeError {
     /// The node is shutting down.
     #[error("the node is shutting down")]
     ShuttingDown,
+    /// The audit log could not record what a message needs before it leaves or is
+    /// acknowledged; the line is stopped until it can.
+    #[error("the audit log failed: {0}")]
+    Audit(String),
+    /// Messages were stored in the outbox but the audit log could not record them: they
+    /// stay pending and leave once a line to the contact starts with a working audit log.
+    #[error(
+        "the audit log failed ({reason}): {} stored but not sent; it leaves once the audit \
+         log records it (fix the cause, then restart the node)",
+        .seqs.iter().map(|s| format!("{contact}:{s}")).collect::<Vec<_>>().join(", ")
+    )]
+    Unlogged {
+        /// The contact.
+        contact: String,
+        /// The stored messages' seqs.
+        seqs: Vec<u64>,
+        /// Why the audit log failed.
+        reason: String,
+    },
     /// Anything else.
     #[error("{0}")]
     Other(String),
@@ -230,6 +249,8 @@ pub(crate) struct Inner {
     pub(crate) shutdown: CancellationToken,
     pub(crate) tracker: TaskTracker,
     lines: Mutex<HashMap<String, mpsc::Sender<LineInput>>>,
+    /// Held while a line starts (its audit log is opened and repaired first).
+    line_open: tokio::sync::Mutex<()>,
     pub(crate) relay_seeds: Vec<(String, liaison_proto::keys::Secret32)>,
     relays: Mutex<HashMap<String, RelayClient>>,
     pub(crate) mailbox: Mutex<MailboxRing>,
@@ -306,6 +327,7 @@ impl Node {
                 shutdown: CancellationToken::new(),
                 tracker: TaskTracker::new(),
                 lines: Mutex::new(HashMap::new()),
+                line_open: tokio::sync::Mutex::new(()),
                 relay_seeds: secrets.relays,
                 relays: Mutex::new(HashMap::new()),
                 mailbox: Mutex::new(ring),
@@ -682,11 +704,13 @@ impl Node {
         if self.inner.shutdown.is_cancelled() {
             return Err(NodeError::ShuttingDown);
         }
-        if let Ok(lines) = self.inner.lines.lock()
-            && let Some(tx) = lines.get(contact)
-            && !tx.is_closed()
-        {
-            return Ok(tx.clone());
+        if let Some(tx) = self.running_line(contact) {
+            return Ok(tx);
+        }
+        // one line starts at a time: its audit log is opened (and repaired) before it runs
+        let _opening = self.inner.line_open.lock().await;
+        if let Some(tx) = self.running_line(contact) {
+            return Ok(tx);
         }
         let name = contact.to_string();
         let row = self
@@ -739,19 +763,25 @@ impl Node {
             }
             (digest, ahead)
         };
+        let mut sent = Vec::with_capacity(unacked.len());
+        for r in &unacked {
+            if let Some(c) = line::sent_commitment(self, contact, r.seq, &r.body)? {
+                sent.push((r.seq, c));
+            }
+        }
+        let (tx, rx) = mpsc::channel(1024);
+        // opened before anything of this line is appended (the audit queue is in order), and
+        // every unacknowledged message has its msg_sent entry before the line may send it
+        self.inner
+            .audit
+            .open(contact, row.identity, tx.clone(), sent)
+            .await
+            .map_err(NodeError::Audit)?;
         let mut lines = self
             .inner
             .lines
             .lock()
             .map_err(|_| NodeError::Other("line table poisoned".into()))?;
-        if let Some(tx) = lines.get(contact)
-            && !tx.is_closed()
-        {
-            return Ok(tx.clone());
-        }
-        let (tx, rx) = mpsc::channel(1024);
-        // opened before anything of this line is appended (the audit queue is in order)
-        self.inner.audit.open(contact, row.identity, tx.clone());
         let stored = line::StoredLine {
             unacked,
             stored_ahead: ahead,
@@ -764,7 +794,15 @@ impl Node {
         Ok(tx)
     }
 
-    /// Writes messages to the outbox (one transaction) and hands them to the line.
+    fn running_line(&self, contact: &str) -> Option<mpsc::Sender<LineInput>> {
+        let lines = self.inner.lines.lock().ok()?;
+        lines.get(contact).filter(|tx| !tx.is_closed()).cloned()
+    }
+
+    /// Writes messages to the outbox (one transaction), logs them (`msg_sent`, durable) and
+    /// hands them to the line. If the audit log cannot record them they stay in the outbox,
+    /// the line stops (so nothing leaves or is acknowledged unlogged) and the error says so;
+    /// they are logged and sent when a line to the contact next starts (see [`Audit::open`]).
     pub async fn submit(
         &self,
         contact: &str,
@@ -813,8 +851,14 @@ impl Node {
                 },
             );
         }
-        if !self.inner.audit.persist(contact).await {
-            tracing::warn!(contact, "the audit log could not record sent messages");
+        if let Err(e) = self.inner.audit.persist(contact).await {
+            tracing::error!(contact, "the audit log could not record sent messages: {e}");
+            let _ = line.try_send(LineInput::Stop);
+            return Err(NodeError::Unlogged {
+                contact: contact.to_string(),
+                seqs,
+                reason: e,
+            });
         }
         for (seq, e) in seqs.iter().zip(encoded) {
             line.send(LineInput::Submitted {
@@ -1106,7 +1150,7 @@ impl Node {
         self.inner.shutdown.cancel();
         self.inner.tracker.close();
         let _ = tokio::time::timeout(Duration::from_secs(5), self.inner.tracker.wait()).await;
-        self.inner.audit.flush().await;
+        self.inner.audit.stop().await;
         let eps: Vec<Endpoint> = [&self.inner.server, &self.inner.client]
             .iter()
             .filter_map(|m| m.lock().ok().and_then(|mut g| g.take()))

@@ -30,11 +30,13 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 
 pub use calls::{audit_anomaly, audit_event, message_event};
-pub use persist::{pairing_aad, received_digest};
+pub use persist::{pairing_aad, received_digest, sent_commitment};
 
 /// Inputs of a line task.
 #[derive(Debug)]
 pub enum LineInput {
+    /// Stop the line: the audit log could not record something the line would act on.
+    Stop,
     /// A blob arrived on a direct hop `hop`.
     Blob {
         /// Hop id.
@@ -435,6 +437,10 @@ impl LineTask {
                 }
             }
             LineInput::AuditOut(msgs) => self.conn.queue_audit(msgs),
+            LineInput::Stop => {
+                tracing::warn!(contact = %self.name, "line stopped: the audit log failed");
+                return Err(NodeError::Audit("line stopped".into()));
+            }
             LineInput::ContactChanged(row, done) => {
                 self.contact_changed(*row).await?;
                 if let Some(done) = done {

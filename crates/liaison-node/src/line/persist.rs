@@ -81,6 +81,20 @@ pub fn received_digest(
     Ok(msg_digest(&plain))
 }
 
+/// The `msg_sent` commitment of an outbox message, from its sealed body (`None` if the body
+/// does not decode: the line drops such a row anyway).
+pub fn sent_commitment(
+    node: &Node,
+    contact: &str,
+    seq: u64,
+    sealed: &[u8],
+) -> Result<Option<[u8; 32]>, NodeError> {
+    let plain = open_sent(node, contact, seq, sealed)?;
+    Ok(MessageContent::decode(&plain)
+        .ok()
+        .map(|c| liaison_audit::commitment(&c.salt, &c.body)))
+}
+
 /// Records the last authentic traffic (at most every few seconds, off the line's path).
 pub(super) fn touch(node: &Node, name: &str) {
     let db = node.db().clone();
@@ -326,8 +340,13 @@ async fn store_received(
             },
         );
     }
-    if !t.node.inner.audit.persist(&t.name).await {
-        tracing::warn!(contact = %t.name, "the audit log could not record received messages");
+    // no ACK for what the audit log does not hold: the line stops, the peer sends again
+    if let Err(e) = t.node.inner.audit.persist(&t.name).await {
+        t.node.emit(NodeEvent::Anomaly {
+            contact: t.name.clone(),
+            kind: format!("the audit log cannot record received messages ({e}): line stopped"),
+        });
+        return Err(NodeError::Audit(e));
     }
     let mut rows = Vec::with_capacity(items.len());
     for m in items {
@@ -391,8 +410,13 @@ async fn renumber(
             },
         );
     }
-    if !t.node.inner.audit.persist(&t.name).await {
-        tracing::warn!(contact = %t.name, "the audit log could not record renumbered messages");
+    // not sent under their new seqs before they are logged: the next line logs them first
+    if let Err(e) = t.node.inner.audit.persist(&t.name).await {
+        t.node.emit(NodeEvent::Anomaly {
+            contact: t.name.clone(),
+            kind: format!("the audit log cannot record renumbered messages ({e}): line stopped"),
+        });
+        return Err(NodeError::Audit(e));
     }
     tracing::warn!(contact = %t.name, peer_holds, "sequence rollback: {} pending message(s) renumbered", moves.len());
     t.node.emit(NodeEvent::Renumbered {
