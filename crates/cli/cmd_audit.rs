@@ -12,7 +12,7 @@ use ed25519_dalek::VerifyingKey;
 use liaison_audit::entry::Event;
 use liaison_audit::{AuditReader, Bundle, BundleReadError, CheckError, VerifyError};
 use liaison_node::atrest::Direction;
-use liaison_node::node::{AUDIT_DB, open_content, unix_ms};
+use liaison_node::node::{open_content, unix_ms};
 use liaison_node::store;
 use std::collections::HashMap;
 use std::io::Write;
@@ -121,14 +121,12 @@ struct Lines {
 fn open_lines(ctx: &Ctx) -> Result<Lines, Failure> {
     let home = ctx.open_home()?;
     let own = *ctx.own_card(&home)?.identity_key();
-    let path = home.dir().join(AUDIT_DB);
-    if !path.exists() {
-        return Err(runtime(
-            "no audit log yet: it starts with the first line this node runs",
-        ));
-    }
-    let reader = AuditReader::open(&path).ctx("opening the audit log")?;
     let conn = ctx.db_ro(&home)?;
+    let path = liaison_node::store::audit_db_path(&home.db_path());
+    let reader = match AuditReader::open(&path) {
+        Err(e @ liaison_audit::StoreError::NoLog) => return Err(runtime(e.to_string())),
+        r => r.ctx("opening the audit log")?,
+    };
     let own_vk = VerifyingKey::from_bytes(&own)
         .map_err(|_| verify("this home's own card holds an invalid identity key"))?;
     let mut names = HashMap::new();

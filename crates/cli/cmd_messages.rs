@@ -353,9 +353,8 @@ pub fn status(ctx: &Ctx) -> CmdResult {
     let live = crate::control::query_status(&home.control_socket_path());
     // the peer's last cosigned size of our log, by peer identity (read-only, no keys)
     let mut cosigned: std::collections::HashMap<String, u64> = std::collections::HashMap::new();
-    let audit_path = home.dir().join(liaison_node::node::AUDIT_DB);
-    if audit_path.exists()
-        && let Ok(reader) = liaison_audit::AuditReader::open(&audit_path)
+    let audit_path = liaison_node::store::audit_db_path(&home.db_path());
+    if let Ok(reader) = liaison_audit::AuditReader::open(&audit_path)
         && let Ok(lines) = reader.lines()
     {
         for l in lines {

@@ -1,5 +1,5 @@
-//! The SQLite store: one database per home (WAL, `synchronous=FULL`), all lines in it, keyed
-//! by channel id.
+//! The SQLite store: all lines of a home in its one database (WAL, `synchronous=FULL`; the
+//! node keeps its messages in the same file, in tables of its own), keyed by channel id.
 //!
 //! * [`LineAudit`] (`Line<SqliteStorage>`) is the writer a node opens per line with its keys;
 //!   opening rebuilds the tree from the stored leaves, refuses a store that no longer
@@ -73,6 +73,9 @@ pub enum StoreError {
     /// No such line in the store.
     #[error("no audit log for this line")]
     UnknownLine,
+    /// The database holds no audit log at all (no line has run yet).
+    #[error("no audit log yet: it starts with the first line this node runs")]
+    NoLog,
     /// Restoring the log failed.
     #[error("{0}")]
     Log(#[from] LogError),
@@ -213,10 +216,107 @@ pub fn make_db_private(path: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
+/// Names of the audit tables, parents first (the order to copy them in).
+pub const TABLES: [&str; 8] = [
+    "audit_meta",
+    "audit_lines",
+    "audit_entries",
+    "audit_checkpoints",
+    "audit_cosignatures",
+    "audit_witnessed",
+    "audit_evidence",
+    "audit_receipts",
+];
+
+/// Moves the logs of a separate audit database (`legacy`, as homes kept them before the audit
+/// log moved into the node's database) into the database `conn` is open on, in one
+/// transaction, then deletes `legacy` and its `-wal`/`-shm` files. Refuses when `conn`'s
+/// database already holds audit lines (two logs of one home: the user must choose).
+/// Returns whether anything was moved.
+pub fn merge_legacy(conn: &Connection, legacy: &Path) -> Result<bool, StoreError> {
+    if !legacy.exists() {
+        return Ok(false);
+    }
+    conn.execute_batch(SCHEMA)?;
+    let merged: Option<i64> = conn
+        .query_row(
+            "SELECT value FROM audit_meta WHERE key = 'merged_legacy'",
+            [],
+            |r| r.get(0),
+        )
+        .optional()?;
+    let held: i64 = conn.query_row("SELECT COUNT(*) FROM audit_lines", [], |r| r.get(0))?;
+    if merged.is_some() {
+        // moved before, and the process stopped before it deleted the old file
+        remove_db_files(legacy)?;
+        return Ok(false);
+    }
+    if held > 0 {
+        return Err(StoreError::Corrupt(format!(
+            "both this database and {} hold audit logs: move one of them out of the home",
+            legacy.display()
+        )));
+    }
+    let name = legacy
+        .to_str()
+        .ok_or_else(|| StoreError::Corrupt("the legacy audit path is not UTF-8".into()))?;
+    conn.execute("ATTACH DATABASE ?1 AS legacy", params![name])?;
+    let moved = (|| -> Result<(), StoreError> {
+        let v: Option<i64> = conn
+            .query_row(
+                "SELECT value FROM legacy.audit_meta WHERE key = 'schema_version'",
+                [],
+                |r| r.get(0),
+            )
+            .optional()?;
+        if v != Some(SCHEMA_VERSION) {
+            return Err(StoreError::Corrupt(format!(
+                "{} has audit schema {v:?}, this build reads {SCHEMA_VERSION}",
+                legacy.display()
+            )));
+        }
+        conn.execute_batch("BEGIN IMMEDIATE")?;
+        for t in TABLES {
+            if let Err(e) = conn.execute_batch(&format!(
+                "INSERT OR REPLACE INTO main.{t} SELECT * FROM legacy.{t}"
+            )) {
+                let _ = conn.execute_batch("ROLLBACK");
+                return Err(e.into());
+            }
+        }
+        if let Err(e) = conn.execute(
+            "INSERT OR REPLACE INTO main.audit_meta (key, value) VALUES ('merged_legacy', 1)",
+            [],
+        ) {
+            let _ = conn.execute_batch("ROLLBACK");
+            return Err(e.into());
+        }
+        conn.execute_batch("COMMIT")?;
+        Ok(())
+    })();
+    let _ = conn.execute_batch("DETACH DATABASE legacy");
+    moved?;
+    remove_db_files(legacy)?;
+    Ok(true)
+}
+
+fn remove_db_files(path: &Path) -> Result<(), StoreError> {
+    for suffix in ["", "-wal", "-shm"] {
+        let mut p = path.as_os_str().to_owned();
+        p.push(suffix);
+        match std::fs::remove_file(std::path::PathBuf::from(p)) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
 fn open_rw(path: &Path) -> Result<Connection, StoreError> {
     make_db_private(path)?;
     let conn = Connection::open(path)?;
-    conn.busy_timeout(Duration::from_secs(5))?;
+    conn.busy_timeout(Duration::from_secs(10))?;
     let mode: String = conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))?;
     if !mode.eq_ignore_ascii_case("wal") {
         return Err(StoreError::Corrupt(format!(
@@ -840,6 +940,16 @@ impl AuditReader {
             OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )?;
         conn.busy_timeout(Duration::from_secs(5))?;
+        let has: Option<i64> = conn
+            .query_row(
+                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'audit_lines'",
+                [],
+                |r| r.get(0),
+            )
+            .optional()?;
+        if has.is_none() {
+            return Err(StoreError::NoLog);
+        }
         Ok(Self { conn })
     }
 

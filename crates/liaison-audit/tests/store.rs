@@ -255,3 +255,64 @@ fn pragmas_are_wal_and_full_sync() {
         .unwrap();
     assert_eq!(mode, "wal");
 }
+
+/// A home that kept its audit log in a file of its own gets it moved into the node's
+/// database: the same log (it verifies and reopens), the old file gone; a second log is
+/// refused, and a move interrupted before the old file was deleted is finished.
+#[test]
+fn a_separate_audit_database_is_merged_into_the_home_database() {
+    use liaison_audit::store::merge_legacy;
+    let dir = tempfile::tempdir().unwrap();
+    let (pa, pb) = (Party::new(), Party::new());
+    let legacy = dir.path().join("audit.db");
+    let peer_db = db(dir.path(), "b");
+    let mut now = T0;
+    {
+        let (mut a, _) = open(&legacy, &pa, &pb, now);
+        let (mut b, _) = open(&peer_db, &pb, &pa, now);
+        for seq in 1..=5 {
+            send(&mut a, &mut b, seq, "hello", now);
+            now += 50;
+        }
+        pump(&mut a, &mut b, now);
+    }
+    let before = export(&legacy, &pa, &pb, now);
+
+    let home_db = dir.path().join("node.db");
+    let conn = rusqlite::Connection::open(&home_db).unwrap();
+    conn.execute_batch("CREATE TABLE contacts (name TEXT PRIMARY KEY)")
+        .unwrap();
+    assert!(merge_legacy(&conn, &legacy).unwrap(), "moved");
+    assert!(!legacy.exists(), "the old file is deleted");
+    assert!(
+        !merge_legacy(&conn, &legacy).unwrap(),
+        "nothing left to move"
+    );
+    let after = export(&home_db, &pa, &pb, now);
+    assert_eq!(after, before, "the same log");
+    let r = AuditReader::open(&home_db)
+        .unwrap()
+        .verify_all(now)
+        .unwrap();
+    assert_eq!(r[0].bundles[0].messages_sent, 5);
+    // and the writer reopens it where it was
+    let (a, _) = open(&home_db, &pa, &pb, now);
+    assert_eq!(a.log().len(), r[0].bundles[0].entries);
+    drop(a);
+
+    // a stop between the move and the delete: the leftover is deleted on the next open
+    std::fs::copy(&peer_db, &legacy).unwrap();
+    assert!(!merge_legacy(&conn, &legacy).unwrap());
+    assert!(!legacy.exists(), "the leftover is deleted");
+
+    // a second home database with a log of its own: both logs stay, the user chooses
+    let other = dir.path().join("other.db");
+    drop(open(&other, &pa, &pb, now));
+    let c2 = rusqlite::Connection::open(&other).unwrap();
+    std::fs::copy(&peer_db, &legacy).unwrap();
+    match merge_legacy(&c2, &legacy) {
+        Err(StoreError::Corrupt(m)) => assert!(m.contains("both"), "{m}"),
+        other => panic!("two logs must be refused, got {other:?}"),
+    }
+    assert!(legacy.exists(), "nothing is deleted when refused");
+}

@@ -1,6 +1,6 @@
-//! The audit service: one thread owns every line's audit log (`liaison_audit::LineAudit`, its
-//! own SQLite file `audit.db` in the home), so appends never block a line task and every line
-//! group-commits together at most every [`COMMIT_EVERY`].
+//! The audit service: one thread owns every line's audit log (`liaison_audit::LineAudit`, in
+//! the `audit_*` tables of the home's one database, beside the messages), so appends never
+//! block a line task and every line group-commits together at most every [`COMMIT_EVERY`].
 //!
 //! Ordering rules the node follows (docs/audit.md):
 //! - a received message's `msg_recv` entry is durable ([`Audit::persist`]) before the message

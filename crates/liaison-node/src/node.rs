@@ -306,7 +306,7 @@ impl Node {
         let (events, _) = broadcast::channel(8192);
         let ring = load_mailbox_ring(&db_path, &secrets)?;
         let audit = Audit::start(
-            db_path.with_file_name(AUDIT_DB),
+            db_path.clone(),
             AuditKeys {
                 identity: secrets.identity.signing_key().clone(),
                 log: secrets.audit_log.clone(),
@@ -1172,9 +1172,6 @@ impl Node {
         open_content(&self.inner.data_key, contact, dir, seq, sealed)
     }
 }
-
-/// File name of the audit store, beside the message store.
-pub const AUDIT_DB: &str = "audit.db";
 
 /// How long shutdown waits for goodbyes to be queued, and then for a hop's queued frames to
 /// be acknowledged by the peer, before closing the connection anyway.

@@ -128,6 +128,21 @@ fn configure(conn: &Connection) -> Result<(), DbError> {
     Ok(())
 }
 
+/// File name of the separate audit database homes kept before the audit log moved into the
+/// store (merged into the store, then deleted, when the store is opened for writing).
+pub const LEGACY_AUDIT_DB: &str = "audit.db";
+
+/// The database `audit show`/`verify`/`export` read for the store at `path`: the store itself,
+/// or a separate audit database not merged yet.
+pub fn audit_db_path(path: &Path) -> std::path::PathBuf {
+    let legacy = path.with_file_name(LEGACY_AUDIT_DB);
+    if legacy.exists() {
+        legacy
+    } else {
+        path.to_path_buf()
+    }
+}
+
 /// Opens (creating if needed) the store and starts its writer thread.
 pub fn open(path: &Path) -> Result<Db, DbError> {
     liaison_audit::store::make_db_private(path).map_err(|e| {
@@ -139,6 +154,21 @@ pub fn open(path: &Path) -> Result<Db, DbError> {
     let conn = Connection::open(path)?;
     configure(&conn)?;
     conn.execute_batch(SCHEMA)?;
+    // homes made before the audit log moved into this database kept it in `audit.db`
+    let legacy = path.with_file_name(LEGACY_AUDIT_DB);
+    match liaison_audit::store::merge_legacy(&conn, &legacy) {
+        Ok(true) => tracing::info!(
+            "moved the audit log from {} into the store",
+            legacy.display()
+        ),
+        Ok(false) => {}
+        Err(e) => {
+            return Err(DbError::Corrupt(format!(
+                "cannot move the audit log {} into the store: {e}",
+                legacy.display()
+            )));
+        }
+    }
     let version: Option<i64> = conn
         .query_row("SELECT value FROM meta WHERE key = 'schema'", [], |r| {
             r.get(0)

@@ -1,6 +1,6 @@
 //! Nothing leaves a node, and nothing is acknowledged, that its audit log does not hold: two
-//! real nodes over QUIC on 127.0.0.1, with one side's audit database locked by another
-//! connection so its commits fail (SQLITE_BUSY after the busy timeout), then released.
+//! real nodes over QUIC on 127.0.0.1, with a trigger in one side's database that makes every
+//! audit append fail (as a full disk or an I/O error would), then dropped.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -10,7 +10,7 @@
 
 use ed25519_dalek::VerifyingKey;
 use liaison_audit::AuditReader;
-use liaison_node::node::{AUDIT_DB, Node, NodeError, NodeEvent, NodeOptions};
+use liaison_node::node::{Node, NodeError, NodeEvent, NodeOptions};
 use liaison_node::secrets::NodeSecrets;
 use liaison_node::store::{self, NewContact};
 use liaison_proto::identity::Identity;
@@ -29,8 +29,8 @@ struct TestNode {
 }
 
 impl TestNode {
-    fn audit_db(&self) -> PathBuf {
-        self.dir.path().join(AUDIT_DB)
+    fn db(&self) -> PathBuf {
+        self.dir.path().join("node.db")
     }
 
     /// Stops the node and starts it again on the same home (its listener is not restarted).
@@ -125,18 +125,24 @@ async fn delivered(rx: &mut Receiver<NodeEvent>, n: usize, within: Duration) -> 
     got
 }
 
-/// Holds a write lock on an SQLite database until dropped.
-struct Lock(rusqlite::Connection);
+/// Makes every audit append in the database at `path` fail until released (the outbox and
+/// inbox still work).
+struct Refusal(rusqlite::Connection);
 
-fn lock(path: &std::path::Path) -> Lock {
+fn refuse_audit_writes(path: &std::path::Path) -> Refusal {
     let c = rusqlite::Connection::open(path).unwrap();
-    c.execute_batch("BEGIN IMMEDIATE").unwrap();
-    Lock(c)
+    c.busy_timeout(Duration::from_secs(10)).unwrap();
+    c.execute_batch(
+        "CREATE TRIGGER test_refuse BEFORE INSERT ON audit_entries
+         BEGIN SELECT RAISE(ABORT, 'audit appends refused by the test'); END;",
+    )
+    .unwrap();
+    Refusal(c)
 }
 
-impl Lock {
+impl Refusal {
     fn release(self) {
-        self.0.execute_batch("ROLLBACK").unwrap();
+        self.0.execute_batch("DROP TRIGGER test_refuse").unwrap();
     }
 }
 
@@ -175,11 +181,11 @@ fn cross_check(a: &TestNode, b: &TestNode) -> liaison_audit::CheckReport {
     let kb = VerifyingKey::from_bytes(&b.id).unwrap();
     let channel = liaison_audit::keys::channel_id(&ka, &kb);
     let now = u64::MAX / 4;
-    let ba = AuditReader::open(&a.audit_db())
+    let ba = AuditReader::open(&a.db())
         .unwrap()
         .bundle(&channel, None, now)
         .unwrap();
-    let bb = AuditReader::open(&b.audit_db())
+    let bb = AuditReader::open(&b.db())
         .unwrap()
         .bundle(&channel, None, now)
         .unwrap();
@@ -190,7 +196,7 @@ fn cross_check(a: &TestNode, b: &TestNode) -> liaison_audit::CheckReport {
 async fn a_message_the_audit_log_cannot_record_does_not_leave() {
     let (alice, bob, mut alice_rx, mut bob_rx) = pair().await;
 
-    let held = lock(&alice.audit_db());
+    let held = refuse_audit_writes(&alice.db());
     match alice.node.submit("bob", vec![text("m2")]).await {
         Err(NodeError::Unlogged { contact, seqs, .. }) => {
             assert_eq!(contact, "bob");
@@ -233,9 +239,9 @@ async fn a_message_the_audit_log_cannot_record_does_not_leave() {
 async fn a_message_the_audit_log_cannot_record_is_not_acknowledged() {
     let (alice, bob, mut alice_rx, mut bob_rx) = pair().await;
 
-    let held = lock(&bob.audit_db());
+    let held = refuse_audit_writes(&bob.db());
     alice.node.submit("bob", vec![text("m2")]).await.unwrap();
-    // bob's audit commit waits out its busy timeout (5 s), then fails: no ACK, no message
+    // bob's audit append fails: no ACK, no message
     assert_eq!(
         delivered(&mut alice_rx, 1, Duration::from_secs(8)).await,
         0,
@@ -270,8 +276,8 @@ async fn a_stop_between_the_outbox_and_the_audit_log_is_repaired_before_sending(
     let (mut alice, bob, _, mut bob_rx) = pair().await;
 
     // bob:2 is in the outbox and its msg_sent never reaches the audit log: the node stops
-    // while the log is locked (as a crash between the two commits would leave it)
-    let held = lock(&alice.audit_db());
+    // while the log refuses appends (as a crash between the two commits would leave it)
+    let held = refuse_audit_writes(&alice.db());
     assert!(matches!(
         alice.node.submit("bob", vec![text("m2")]).await,
         Err(NodeError::Unlogged { .. })
