@@ -3,8 +3,8 @@
 //! A hop is quinn 0.11 + rustls 0.23 (ring), TLS 1.3 only, ALPN `liaison/1`, mutual TLS with
 //! self-signed Ed25519 certificates pinned by SPKI ([`tls`]). No CA, no 0-RTT (the rustls
 //! server config is built by hand, so `max_early_data_size` stays 0), Retry for every
-//! unvalidated client address ([`accept_validated`]), bounded streams, windows and idle time
-//! ([`HopLimits`]).
+//! unvalidated client address ([`accept_validated`]), then per-address admission of the
+//! validated ones ([`admission`]), bounded streams, windows and idle time ([`HopLimits`]).
 //!
 //! On the hop's one bidirectional stream the client sends `HELLO` and the server answers
 //! `READY` once it has accepted the client; only then is the hop up (a client whose
@@ -14,6 +14,7 @@
 //!
 //! This crate carries no session-key code: identity comes from the Noise layer above it.
 
+pub mod admission;
 pub mod tls;
 
 use liaison_wire::consts::{ALPN, HOP_SERVER_NAME, PROTOCOL_VERSION};
