@@ -65,6 +65,7 @@ async fn make(name: &str, relay: Option<&InProcRelay>) -> Result<TestNode> {
         secrets,
         NodeOptions {
             hop_limits: crate::hop_limits(),
+            ..NodeOptions::default()
         },
     )?;
     if let Some(row) = row {

@@ -3,8 +3,8 @@
 //! A hop is quinn 0.11 + rustls 0.23 (ring), TLS 1.3 only, ALPN `liaison/1`, mutual TLS with
 //! self-signed Ed25519 certificates pinned by SPKI ([`tls`]). No CA, no 0-RTT (the rustls
 //! server config is built by hand, so `max_early_data_size` stays 0), Retry for every
-//! unvalidated client address ([`accept_validated`]), bounded streams, windows and idle time
-//! ([`HopLimits`]).
+//! unvalidated client address ([`accept_validated`]), then per-address admission of the
+//! validated ones ([`admission`]), bounded streams, windows and idle time ([`HopLimits`]).
 //!
 //! On the hop's one bidirectional stream the client sends `HELLO` and the server answers
 //! `READY` once it has accepted the client; only then is the hop up (a client whose
@@ -14,6 +14,7 @@
 //!
 //! This crate carries no session-key code: identity comes from the Noise layer above it.
 
+pub mod admission;
 pub mod tls;
 
 use liaison_wire::consts::{ALPN, HOP_SERVER_NAME, PROTOCOL_VERSION};
@@ -170,13 +171,12 @@ pub fn server_config(
     pins: Arc<dyn ClientPins>,
     limits: &HopLimits,
 ) -> Result<quinn::ServerConfig, HopError> {
-    let (cert, private) = key.certificate()?;
+    let ours = rustls::sign::SingleCertAndKey::from(key.certified_key()?);
     let mut tls = rustls::ServerConfig::builder_with_provider(tls::provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| HopError::Local(format!("tls: {e}")))?
         .with_client_cert_verifier(Arc::new(tls::PinnedClientVerifier::new(pins)))
-        .with_single_cert(vec![cert], private)
-        .map_err(|e| HopError::Local(format!("tls certificate: {e}")))?;
+        .with_cert_resolver(Arc::new(ours));
     tls.alpn_protocols = vec![ALPN.to_vec()];
     tls.max_early_data_size = 0;
     tls.send_half_rtt_data = false;
@@ -188,20 +188,21 @@ pub fn server_config(
     Ok(cfg)
 }
 
-/// Client configuration: our certificate, the server must present `server_spki`.
+/// Client configuration: our certificate, the server must present `server_spki`. Only the
+/// pin and the configs are made per call: the key's certificate and signing key are the ones
+/// [`HopKey::certified_key`] made once.
 pub fn client_config(
     key: &HopKey,
     server_spki: &[u8],
     limits: &HopLimits,
 ) -> Result<quinn::ClientConfig, HopError> {
-    let (cert, private) = key.certificate()?;
+    let ours = rustls::sign::SingleCertAndKey::from(key.certified_key()?);
     let mut tls = rustls::ClientConfig::builder_with_provider(tls::provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| HopError::Local(format!("tls: {e}")))?
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(tls::PinnedServerVerifier::new(server_spki)))
-        .with_client_auth_cert(vec![cert], private)
-        .map_err(|e| HopError::Local(format!("tls certificate: {e}")))?;
+        .with_client_cert_resolver(Arc::new(ours));
     tls.alpn_protocols = vec![ALPN.to_vec()];
     tls.enable_early_data = false;
     let quic = QuicClientConfig::try_from(Arc::new(tls))
@@ -712,12 +713,66 @@ mod tests {
         assert_eq!(close_code(&err), Some(0x131), "{err:?}");
     }
 
+    /// A hop key's certificate and signing key are made once and shared by every TLS config
+    /// built from the key or its clones (a dial copies no secret), while the server pin is
+    /// still each dial's own: a dial pinned to another key fails.
+    #[tokio::test]
+    async fn dials_share_the_key_material_and_still_check_their_pin() {
+        let client_key = HopKey::generate().unwrap();
+        let stranger = HopKey::generate().unwrap();
+        let limits = HopLimits::default();
+        let (server_key, addr) = echo_server(&client_key, &limits);
+
+        let ours = client_key.certified_key().unwrap();
+        assert!(Arc::ptr_eq(&ours, &client_key.certified_key().unwrap()));
+        assert!(Arc::ptr_eq(
+            &ours,
+            &client_key.clone().certified_key().unwrap()
+        ));
+        let other = HopKey::from_seed(client_key.seed())
+            .certified_key()
+            .unwrap();
+        assert!(!Arc::ptr_eq(&ours, &other), "the cache belongs to one key");
+        let held = Arc::strong_count(&ours);
+        let a = client_config(&client_key, &server_key.spki(), &limits).unwrap();
+        let b = client_config(&client_key.clone(), &stranger.spki(), &limits).unwrap();
+        assert_eq!(
+            Arc::strong_count(&ours),
+            held + 2,
+            "both configs present the one cached key"
+        );
+        drop((a, b));
+        assert_eq!(Arc::strong_count(&ours), held);
+
+        let cep = client_endpoint(addr).unwrap();
+        for _ in 0..2 {
+            let mut hop = connect(&cep, addr, &client_key, &server_key.spki(), &limits)
+                .await
+                .unwrap();
+            hop.writer.send(&HopFrame::Blob(b"again")).await.unwrap();
+            assert_eq!(
+                hop.reader.next().await.unwrap(),
+                Some(HopFrame::Blob(&b"again"[..]))
+            );
+        }
+        let err = connect(&cep, addr, &client_key, &stranger.spki(), &limits)
+            .await
+            .unwrap_err();
+        assert_eq!(close_code(&err), Some(0x131), "{err:?}");
+        assert!(Arc::ptr_eq(&ours, &client_key.certified_key().unwrap()));
+    }
+
     #[test]
     fn spki_layout() {
         let k = HopKey::from_seed(&[7; 32]);
         let spki = k.spki();
         assert_eq!(&spki[..12], &tls::ED25519_SPKI_PREFIX);
-        let (cert, _) = k.certificate().unwrap();
+        let cert = k.certificate().unwrap();
         assert_eq!(tls::certificate_spki(&cert).unwrap(), spki.to_vec());
+        let ours = k.certified_key().unwrap();
+        assert_eq!(
+            tls::certificate_spki(ours.end_entity_cert().unwrap()).unwrap(),
+            spki.to_vec()
+        );
     }
 }

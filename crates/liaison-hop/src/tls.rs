@@ -6,17 +6,18 @@
 //! offered; only Ed25519 signatures are accepted.
 
 use crate::HopError;
-use ed25519_dalek::SigningKey;
+use ed25519_dalek::{Signer as _, SigningKey};
 use rustls::DigitallySignedStruct;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
+use rustls::pki_types::{CertificateDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
 use rustls::server::ParsedCertificate;
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::sign::CertifiedKey;
 use rustls::{CertificateError, DistinguishedName, SignatureScheme};
 use sha2::{Digest, Sha256};
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use zeroize::Zeroizing;
 
 /// DER prefix of an Ed25519 SubjectPublicKeyInfo (RFC 8410): the 32-byte key follows.
@@ -45,10 +46,15 @@ pub fn spki_hash(spki: &[u8]) -> [u8; 32] {
 }
 
 /// A hop key: an Ed25519 key used only for the outer TLS of hops.
+///
+/// Its certificate and rustls signing key ([`HopKey::certified_key`]) are made once, on first
+/// use, and shared by every clone: each dial and listener built from this key reuses them
+/// instead of copying the seed into fresh key material.
 #[derive(Clone)]
 pub struct HopKey {
     seed: Zeroizing<[u8; 32]>,
     public: [u8; 32],
+    tls: Arc<OnceLock<Arc<CertifiedKey>>>,
 }
 
 impl fmt::Debug for HopKey {
@@ -75,6 +81,7 @@ impl HopKey {
         HopKey {
             seed: Zeroizing::new(*seed),
             public,
+            tls: Arc::new(OnceLock::new()),
         }
     }
 
@@ -93,32 +100,77 @@ impl HopKey {
         ed25519_spki(&self.public)
     }
 
-    fn pkcs8(&self) -> PrivatePkcs8KeyDer<'static> {
-        let mut der = Vec::with_capacity(48);
-        der.extend_from_slice(&ED25519_PKCS8_PREFIX);
-        der.extend_from_slice(self.seed.as_slice());
-        PrivatePkcs8KeyDer::from(der)
-    }
-
-    /// A self-signed certificate for this key and the rustls private key.
-    pub fn certificate(
-        &self,
-    ) -> Result<(CertificateDer<'static>, PrivateKeyDer<'static>), HopError> {
-        let kp = rcgen::KeyPair::from_pkcs8_der_and_sign_algo(&self.pkcs8(), &rcgen::PKCS_ED25519)
-            .map_err(|e| HopError::Local(format!("hop key: {e}")))?;
+    /// A fresh self-signed certificate for this key (signed with a zeroizing copy of the key;
+    /// rcgen never sees the seed).
+    pub fn certificate(&self) -> Result<CertificateDer<'static>, HopError> {
+        let signer = CertSigner {
+            key: SigningKey::from_bytes(&self.seed),
+            public: self.public,
+        };
         let params =
             rcgen::CertificateParams::new(vec![liaison_wire::consts::HOP_SERVER_NAME.to_string()])
                 .map_err(|e| HopError::Local(format!("certificate params: {e}")))?;
         let cert = params
-            .self_signed(&kp)
+            .self_signed(&signer)
             .map_err(|e| HopError::Local(format!("self-signing: {e}")))?;
-        Ok((cert.der().clone(), PrivateKeyDer::Pkcs8(self.pkcs8())))
+        Ok(cert.der().clone())
+    }
+
+    /// The certificate and rustls signing key of this key, made on first use and shared by
+    /// every clone (what TLS configs built from this key present).
+    pub fn certified_key(&self) -> Result<Arc<CertifiedKey>, HopError> {
+        if let Some(k) = self.tls.get() {
+            return Ok(Arc::clone(k));
+        }
+        // two first uses at once may both build one; the first stored is the one kept
+        let built = Arc::new(self.build_certified_key()?);
+        Ok(Arc::clone(self.tls.get_or_init(|| built)))
+    }
+
+    fn build_certified_key(&self) -> Result<CertifiedKey, HopError> {
+        let cert = self.certificate()?;
+        // the PKCS#8 form rustls parses, in a buffer wiped on drop (ring keeps its own copy in
+        // the signing key, made once per hop key)
+        let mut der = Zeroizing::new([0u8; ED25519_PKCS8_PREFIX.len() + 32]);
+        let (prefix, seed) = der.split_at_mut(ED25519_PKCS8_PREFIX.len());
+        prefix.copy_from_slice(&ED25519_PKCS8_PREFIX);
+        seed.copy_from_slice(self.seed.as_slice());
+        let signer =
+            rustls::crypto::ring::sign::any_eddsa_type(&PrivatePkcs8KeyDer::from(der.as_slice()))
+                .map_err(|e| HopError::Local(format!("hop key: {e}")))?;
+        let key = CertifiedKey::new(vec![cert], signer);
+        key.keys_match()
+            .map_err(|e| HopError::Local(format!("hop certificate: {e}")))?;
+        Ok(key)
     }
 }
 
-/// The crypto provider of every hop: ring, TLS 1.3 suites only.
+/// Signs the hop certificate for rcgen with ed25519-dalek (whose key is wiped on drop).
+struct CertSigner {
+    key: SigningKey,
+    public: [u8; 32],
+}
+
+impl rcgen::PublicKeyData for CertSigner {
+    fn der_bytes(&self) -> &[u8] {
+        &self.public
+    }
+
+    fn algorithm(&self) -> &'static rcgen::SignatureAlgorithm {
+        &rcgen::PKCS_ED25519
+    }
+}
+
+impl rcgen::SigningKey for CertSigner {
+    fn sign(&self, msg: &[u8]) -> Result<Vec<u8>, rcgen::Error> {
+        Ok(self.key.sign(msg).to_bytes().to_vec())
+    }
+}
+
+/// The crypto provider of every hop: ring, TLS 1.3 suites only (made once per process).
 pub fn provider() -> Arc<CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
+    static PROVIDER: OnceLock<Arc<CryptoProvider>> = OnceLock::new();
+    Arc::clone(PROVIDER.get_or_init(|| Arc::new(rustls::crypto::ring::default_provider())))
 }
 
 fn ed25519_only() -> WebPkiSupportedAlgorithms {

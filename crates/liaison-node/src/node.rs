@@ -16,6 +16,7 @@ use crate::line::{self, LineInput};
 use crate::relay_client::{self, RelayClient};
 use crate::secrets::NodeSecrets;
 use crate::store::{self, Db, DbError};
+use liaison_hop::admission::{Admission, Refusal, Slot};
 use liaison_hop::{ClientPins, HopKey, HopLimits};
 use liaison_proto::identity::Identity;
 use liaison_proto::mailbox_ring::MailboxRing;
@@ -29,7 +30,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -224,6 +225,39 @@ pub struct LineStatus {
 pub struct NodeOptions {
     /// QUIC limits of hops.
     pub hop_limits: HopLimits,
+    /// Admission limits of the listener.
+    pub admission: NodeAdmission,
+}
+
+/// Admission limits of a listening node ([`liaison_hop::admission`], as a relay has): every
+/// connection attempt from a validated address (after QUIC Retry) is checked here before any
+/// TLS work or task is spent on it, and refused with QUIC `CONNECTION_REFUSED` when it does
+/// not fit. A slot is held for the connection's life, handshake included.
+///
+/// A node has few contacts, each with a hop or two at a time and a dial that races at most
+/// 12 attempts (one a second): the defaults are far above what they need, and far below
+/// what a flood of handshakes from one address would take.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NodeAdmission {
+    /// Connections at once, handshakes included.
+    pub max_connections: usize,
+    /// Connections at once from one IPv4 address or IPv6 /64.
+    pub max_per_address: usize,
+    /// Sustained new connections per second from one address.
+    pub per_address_rate: u32,
+    /// New connections from one address at once above the sustained rate.
+    pub per_address_burst: u32,
+}
+
+impl Default for NodeAdmission {
+    fn default() -> Self {
+        NodeAdmission {
+            max_connections: 256,
+            max_per_address: 32,
+            per_address_rate: 4,
+            per_address_burst: 32,
+        }
+    }
 }
 
 /// The set of client SPKIs the listener accepts: pinned contacts' direct hop keys.
@@ -261,6 +295,7 @@ pub(crate) struct Inner {
     server: Mutex<Option<Endpoint>>,
     client: Mutex<Option<Endpoint>>,
     pins: Arc<PinSet>,
+    admission: Arc<Admission>,
     next_hop: AtomicU64,
 }
 
@@ -336,6 +371,12 @@ impl Node {
                 server: Mutex::new(None),
                 client: Mutex::new(None),
                 pins: Arc::new(PinSet::default()),
+                admission: Admission::new(
+                    options.admission.max_connections,
+                    options.admission.max_per_address,
+                    options.admission.per_address_rate,
+                    options.admission.per_address_burst,
+                ),
                 next_hop: AtomicU64::new(1),
             }),
         };
@@ -972,18 +1013,21 @@ impl Node {
             crate::relay_client::RACE_MAX,
         )
         .await?;
-        self.attach(hop.conn, hop.reader, hop.writer, line).await;
+        self.attach(hop.conn, hop.reader, hop.writer, line, None)
+            .await;
         Ok(())
     }
 
     /// Starts the reader and writer tasks of a hop and hands it to the line; returns once the
-    /// line has it (so a dial reports success only after the hop is attached).
+    /// line has it (so a dial reports success only after the hop is attached). An accepted
+    /// hop's admission `slot` is held until the hop ends.
     async fn attach(
         &self,
         conn: quinn::Connection,
         mut reader: liaison_hop::HopReader,
         mut writer: liaison_hop::HopWriter,
         line: mpsc::Sender<LineInput>,
+        slot: Option<Slot>,
     ) {
         let id = self.next_hop_id();
         let (wtx, mut wrx) = mpsc::channel::<Vec<u8>>(64);
@@ -1020,6 +1064,7 @@ impl Node {
         let token = self.inner.shutdown.clone();
         let line2 = line.clone();
         self.inner.tracker.spawn(async move {
+            let _slot = slot;
             let reason = loop {
                 let next = tokio::select! {
                     _ = token.cancelled() => {
@@ -1073,22 +1118,37 @@ impl Node {
     }
 
     async fn accept_loop(self, endpoint: Endpoint) {
+        let mut refusals = RefusalLog::default();
         loop {
             let incoming = tokio::select! {
                 _ = self.inner.shutdown.cancelled() => break,
                 i = liaison_hop::accept_validated(&endpoint) => i,
             };
             let Some(incoming) = incoming else { break };
+            // admission first: a refused attempt costs one close packet, no TLS, no task
+            let now = Instant::now();
+            let slot = match self
+                .inner
+                .admission
+                .admit(incoming.remote_address().ip(), now)
+            {
+                Ok(slot) => slot,
+                Err(r) => {
+                    incoming.refuse();
+                    refusals.note(r, now);
+                    continue;
+                }
+            };
             let node = self.clone();
             self.inner.tracker.spawn(async move {
-                if let Err(e) = node.accept_one(incoming).await {
+                if let Err(e) = node.accept_one(incoming, slot).await {
                     tracing::info!("incoming connection refused: {e}");
                 }
             });
         }
     }
 
-    async fn accept_one(&self, incoming: quinn::Incoming) -> Result<(), NodeError> {
+    async fn accept_one(&self, incoming: quinn::Incoming, slot: Slot) -> Result<(), NodeError> {
         let connecting = incoming.accept().map_err(liaison_hop::HopError::from)?;
         let conn = tokio::time::timeout(self.inner.limits.hello_timeout, connecting)
             .await
@@ -1119,7 +1179,7 @@ impl Node {
                 version: PROTOCOL_VERSION,
             })
             .await?;
-        self.attach(conn, reader, writer, line).await;
+        self.attach(conn, reader, writer, line, Some(slot)).await;
         Ok(())
     }
 
@@ -1170,6 +1230,37 @@ impl Node {
         sealed: &[u8],
     ) -> Result<MessageContent, NodeError> {
         open_content(&self.inner.data_key, contact, dir, seq, sealed)
+    }
+}
+
+/// How often at most the listener reports, at info level, the connection attempts it refused
+/// at admission (each one is logged at debug level).
+const REFUSAL_REPORT_EVERY: Duration = Duration::from_secs(60);
+
+/// Refusals at admission, counted so a flood yields one line a minute rather than one per
+/// attempt.
+#[derive(Debug, Default)]
+struct RefusalLog {
+    unreported: u64,
+    last_report: Option<Instant>,
+}
+
+impl RefusalLog {
+    fn note(&mut self, r: Refusal, now: Instant) {
+        tracing::debug!("incoming connection refused at admission: {}", r.label());
+        self.unreported += 1;
+        let due = self
+            .last_report
+            .is_none_or(|t| now.saturating_duration_since(t) >= REFUSAL_REPORT_EVERY);
+        if due {
+            tracing::info!(
+                "refused {} incoming connection attempt(s) over the admission limits \
+                 (too many connections, or too many or too fast from one address)",
+                self.unreported
+            );
+            self.unreported = 0;
+            self.last_report = Some(now);
+        }
     }
 }
 

@@ -18,12 +18,13 @@
 //! pass the client's last `ACK` (so its deletions use its subscriptions), unregister, flush
 //! the queue within `drain_timeout`, then close the connection with a code.
 
+use crate::admission::addr_key;
 use crate::metrics::Rejected;
 use crate::outbound::{Frame, OutQueue, PushError};
 use crate::registry::ClientHandle;
 use crate::request::{Request, RequestError, parse_request};
 use crate::server::Shared;
-use crate::store::{DELIVER_HEADER, PosterTag, PutOutcome, PutReq};
+use crate::store::{DELIVER_HEADER, Poster, PutOutcome, PutReq};
 use liaison_hop::{HopReader, HopWriter};
 use liaison_wire::consts::INBOX_ID_LEN;
 use liaison_wire::hop::{self, EnvelopeId, HopFrame, InboxId, err, ty};
@@ -169,7 +170,7 @@ fn fan_out(shared: &Shared, inbox: &InboxId, frame: &Frame) -> u64 {
 struct Client {
     handle: Arc<ClientHandle>,
     shared: Arc<Shared>,
-    poster: PosterTag,
+    poster: Poster,
     /// The committer's queue and task, started by the first `store = 1` post (idle nodes
     /// never post, and this keeps them small).
     committer: Option<(mpsc::Sender<Pending>, tokio::task::JoinHandle<()>)>,
@@ -498,8 +499,13 @@ pub(crate) async fn serve_client(
 
     let mut writer_task =
         tokio::spawn(write_loop(writer, Arc::clone(&handle), Arc::clone(&shared)));
-    let mut poster = [0u8; 8];
-    poster.copy_from_slice(key_hash.get(..8).unwrap_or(&[0; 8]));
+    let mut key = [0u8; 8];
+    key.copy_from_slice(key_hash.get(..8).unwrap_or(&[0; 8]));
+    // connection migration is off: the address stays the one the connection was admitted from
+    let poster = Poster {
+        key,
+        source: addr_key(conn.remote_address().ip()),
+    };
     let mut client = Client {
         handle: Arc::clone(&handle),
         shared: Arc::clone(&shared),

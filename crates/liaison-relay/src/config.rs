@@ -27,6 +27,13 @@ pub struct Quotas {
     pub poster_bytes: u64,
     /// Envelopes held that one hop key posted (counted while this process runs).
     pub poster_envelopes: u64,
+    /// Bytes of blobs held that clients from one IPv4 address or IPv6 /64 posted, whatever
+    /// hop keys they used (counted while this process runs). Hop keys cost nothing to make,
+    /// so on an open relay this, not the per-poster quota, is what one client can hold.
+    pub address_bytes: u64,
+    /// Envelopes held that clients from one IPv4 address or IPv6 /64 posted (counted while
+    /// this process runs).
+    pub address_envelopes: u64,
     /// Bytes of blobs held in all.
     pub total_bytes: u64,
     /// Envelopes held in all.
@@ -42,6 +49,8 @@ impl Default for Quotas {
             inbox_envelopes: 4096,
             poster_bytes: 256 << 20,
             poster_envelopes: 16_384,
+            address_bytes: 256 << 20,
+            address_envelopes: 16_384,
             total_bytes: 1 << 30,
             total_envelopes: 262_144,
             max_blob_bytes: MAX_BLOB_LEN,
@@ -195,6 +204,8 @@ impl RelayConfig {
             || q.inbox_envelopes == 0
             || q.poster_bytes == 0
             || q.poster_envelopes == 0
+            || q.address_bytes == 0
+            || q.address_envelopes == 0
             || q.total_bytes == 0
             || q.total_envelopes == 0
             || q.max_blob_bytes == 0

@@ -33,7 +33,6 @@
 //! Every task is owned (a `JoinSet` or a join handle awaited on teardown) and every queue is
 //! bounded; [`Relay::run`] returns only after connections are drained and the store closed.
 
-pub mod admission;
 pub mod allow;
 pub mod card;
 mod client;
@@ -45,6 +44,9 @@ pub mod registry;
 pub mod request;
 pub mod server;
 pub mod store;
+
+/// Connection admission (in `liaison-hop`, shared with listening nodes).
+pub use liaison_hop::admission;
 
 pub use card::{RelayCardError, verify_relay_card};
 pub use config::{Quotas, RelayConfig, parse_duration, relay_hop_limits};

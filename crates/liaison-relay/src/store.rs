@@ -3,8 +3,9 @@
 //!
 //! One table holds envelopes: `(id, inbox, envelope_id, stored_ms, len, blob)`, unique on
 //! `(inbox, envelope_id)`, so a re-post of the same blob to the same inbox is stored once.
-//! The table holds no key, no address and no poster: who posted what is known only in memory
-//! while the process runs (for per-poster quotas), so a copied disk shows no sender.
+//! The table holds no key, no address and no poster: who posted what, and from which address
+//! group, is known only in memory while the process runs (for the per-poster and per-address
+//! quotas), so a copied disk shows no sender.
 //!
 //! **Group commit.** A dedicated thread takes every command waiting in its bounded queue,
 //! runs all writes (puts, deletions) in one transaction, commits (one fsync), then answers.
@@ -25,6 +26,7 @@ use nix::fcntl::{Flock, FlockArg};
 use rusqlite::{Connection, OptionalExtension, params};
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
+use std::net::IpAddr;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::sync::Arc;
@@ -46,6 +48,16 @@ const EXPIRE_CHUNK: i64 = 5000;
 
 /// A tag for the hop key that posted (first 8 bytes of its SPKI hash); memory only.
 pub type PosterTag = [u8; 8];
+
+/// Who posted an envelope, for quotas: the hop key's tag and the client's address group
+/// (IPv4 address or IPv6 /64, [`crate::admission::addr_key`]). Memory only, never stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Poster {
+    /// The hop key.
+    pub key: PosterTag,
+    /// The address group the client connected from.
+    pub source: IpAddr,
+}
 
 /// What became of a `store = 1` post.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -85,7 +97,7 @@ pub struct PutReq {
     /// Where the blob starts in `frame`.
     pub blob_at: usize,
     /// Who posted it.
-    pub poster: PosterTag,
+    pub poster: Poster,
     /// Unix milliseconds now.
     pub now_ms: i64,
 }
@@ -148,14 +160,28 @@ struct Counters {
     total: Usage,
     inbox: HashMap<InboxId, Usage>,
     poster: HashMap<PosterTag, Usage>,
-    owner: HashMap<i64, PosterTag>,
+    source: HashMap<IpAddr, Usage>,
+    /// Who posted each row stored while this process runs (rows loaded at start have none).
+    owner: HashMap<i64, Poster>,
+}
+
+/// Takes `len` off `key`'s usage, forgetting it once nothing is left (so both maps hold only
+/// posters and addresses with envelopes held: at most `total_envelopes` entries each).
+fn release<K: std::hash::Hash + Eq>(map: &mut HashMap<K, Usage>, key: &K, len: u64) {
+    if let Some(u) = map.get_mut(key) {
+        u.sub(len);
+        if u.is_zero() {
+            map.remove(key);
+        }
+    }
 }
 
 impl Counters {
-    fn add(&mut self, rowid: i64, inbox: InboxId, len: u64, poster: PosterTag) {
+    fn add(&mut self, rowid: i64, inbox: InboxId, len: u64, poster: Poster) {
         self.total.add(len);
         self.inbox.entry(inbox).or_default().add(len);
-        self.poster.entry(poster).or_default().add(len);
+        self.poster.entry(poster.key).or_default().add(len);
+        self.source.entry(poster.source).or_default().add(len);
         self.owner.insert(rowid, poster);
     }
 
@@ -167,13 +193,9 @@ impl Counters {
                 self.inbox.remove(&inbox);
             }
         }
-        if let Some(p) = self.owner.remove(&rowid)
-            && let Some(u) = self.poster.get_mut(&p)
-        {
-            u.sub(len);
-            if u.is_zero() {
-                self.poster.remove(&p);
-            }
+        if let Some(p) = self.owner.remove(&rowid) {
+            release(&mut self.poster, &p.key, len);
+            release(&mut self.source, &p.source, len);
         }
     }
 
@@ -182,7 +204,8 @@ impl Counters {
             match *c {
                 Change::Added(rowid, inbox, len) => self.remove(rowid, inbox, len),
                 Change::Removed(rowid, inbox, len) => {
-                    // the poster of a re-instated row is forgotten: it counts against nobody
+                    // the poster and address of a re-instated row are forgotten: it counts
+                    // against neither
                     self.total.add(len);
                     self.inbox.entry(inbox).or_default().add(len);
                     let _ = rowid;
@@ -345,11 +368,12 @@ impl Store {
         (self.counters.total.count, self.counters.total.bytes)
     }
 
-    fn check_quota(&self, inbox: &InboxId, poster: &PosterTag, len: u64) -> PutOutcome {
+    fn check_quota(&self, inbox: &InboxId, poster: &Poster, len: u64) -> PutOutcome {
         let q = &self.quotas;
         if len > q.max_blob_bytes as u64
             || len > q.inbox_bytes
             || len > q.poster_bytes
+            || len > q.address_bytes
             || len > q.total_bytes
         {
             return PutOutcome::TooLarge;
@@ -364,9 +388,14 @@ impl Store {
                 q.inbox_bytes,
             )
             || over(
-                self.counters.poster.get(poster),
+                self.counters.poster.get(&poster.key),
                 q.poster_envelopes,
                 q.poster_bytes,
+            )
+            || over(
+                self.counters.source.get(&poster.source),
+                q.address_envelopes,
+                q.address_bytes,
             )
         {
             return PutOutcome::Quota;
@@ -812,6 +841,10 @@ mod tests {
     use super::*;
 
     fn req(inbox: u8, blob: &[u8], poster: u8, now_ms: i64) -> PutReq {
+        req_from(inbox, blob, poster, "10.0.0.1", now_ms)
+    }
+
+    fn req_from(inbox: u8, blob: &[u8], poster: u8, source: &str, now_ms: i64) -> PutReq {
         use sha2::Digest;
         let id: [u8; 32] = sha2::Sha256::digest(blob).into();
         PutReq {
@@ -819,7 +852,10 @@ mod tests {
             envelope_id: id[..16].try_into().unwrap(),
             frame: Arc::new(blob.to_vec()),
             blob_at: 0,
-            poster: [poster; 8],
+            poster: Poster {
+                key: [poster; 8],
+                source: crate::admission::addr_key(source.parse().unwrap()),
+            },
             now_ms,
         }
     }
@@ -916,6 +952,8 @@ mod tests {
             inbox_envelopes: 3,
             poster_bytes: 1000,
             poster_envelopes: 5,
+            address_bytes: 1000,
+            address_envelopes: 100,
             total_bytes: 10_000,
             total_envelopes: 100,
             max_blob_bytes: 60,
@@ -959,6 +997,88 @@ mod tests {
             s.write_batch(&[puts[3].clone()], &[]).0,
             vec![PutOutcome::Stored]
         );
+    }
+
+    #[test]
+    fn address_quotas_hold_across_posters_and_forget_at_restart() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("q");
+        let q = Quotas {
+            poster_envelopes: 2,
+            address_envelopes: 3,
+            address_bytes: 40,
+            ..Quotas::default()
+        };
+        let mut s = open(&dir, q.clone());
+        // fresh keys (posters 1..=4) from one address: 3 envelopes in all, then refusals
+        let puts: Vec<_> = (1..=4u8)
+            .map(|p| req_from(p, &[p; 10], p, "10.0.0.1", 0))
+            .collect();
+        assert_eq!(
+            s.write_batch(&puts, &[]).0,
+            vec![
+                PutOutcome::Stored,
+                PutOutcome::Stored,
+                PutOutcome::Stored,
+                PutOutcome::Quota
+            ]
+        );
+        // the IPv6 /64 is one address group; another group has its own share
+        let v6: Vec<_> = (5..=8u8)
+            .map(|p| req_from(p, &[p; 10], p, &format!("2001:db8::{p}"), 0))
+            .collect();
+        assert_eq!(
+            s.write_batch(&v6, &[]).0,
+            vec![
+                PutOutcome::Stored,
+                PutOutcome::Stored,
+                PutOutcome::Stored,
+                PutOutcome::Quota
+            ]
+        );
+        assert_eq!(
+            s.write_batch(&[req_from(9, &[9; 10], 9, "10.0.0.2", 0)], &[])
+                .0,
+            vec![PutOutcome::Stored]
+        );
+        // bytes: a blob larger than an address may hold can never fit
+        assert_eq!(
+            s.write_batch(&[req_from(9, &[9; 41], 9, "10.0.0.2", 0)], &[])
+                .0,
+            vec![PutOutcome::TooLarge]
+        );
+        assert_eq!(
+            s.write_batch(&[req_from(9, &[8; 31], 9, "10.0.0.2", 0)], &[])
+                .0,
+            vec![PutOutcome::Quota],
+            "10 + 31 bytes are over the address's 40"
+        );
+        // an acknowledged envelope gives its address room back
+        s.write_batch(&[], &[(puts[0].envelope_id, Box::new(|_: &InboxId| true))]);
+        assert_eq!(
+            s.write_batch(&[puts[3].clone()], &[]).0,
+            vec![PutOutcome::Stored]
+        );
+        assert!(s.counters.source.len() <= 3);
+        drop(s);
+        // like per-poster counts, per-address counts live in memory only: after a restart
+        // what is held counts against its inbox and the total, not against an address
+        let mut s = open(&dir, q);
+        assert!(s.counters.source.is_empty() && s.counters.owner.is_empty());
+        assert_eq!(
+            s.write_batch(&[req_from(20, &[20; 10], 20, "10.0.0.1", 0)], &[])
+                .0,
+            vec![PutOutcome::Stored]
+        );
+        let stored: i64 = s
+            .conn
+            .query_row(
+                "SELECT COUNT(*) FROM pragma_table_info('envelopes')",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(stored, 6, "no column for a poster or an address");
     }
 
     #[test]

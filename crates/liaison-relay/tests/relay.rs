@@ -262,6 +262,79 @@ async fn quotas_refuse_with_clear_errors() {
     relay.stop().await;
 }
 
+/// On an open relay hop keys cost nothing, so the quota of what one client holds is per
+/// address: fresh keys from one address together hold no more than the address's share
+/// (refused with `ERR QUOTA`, as a poster over its own quota is), while a client from another
+/// address still gets its envelopes held, and acknowledging frees the address's room.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fresh_keys_from_one_address_share_its_quota() {
+    let tmp = dir();
+    let mut config = test_config(tmp.path());
+    config.quotas.poster_envelopes = 3;
+    config.quotas.address_envelopes = 5;
+    let relay = TestRelay::start(config).await;
+    let inbox = rand16();
+    let (mut held, mut refused) = (Vec::new(), 0);
+    let mut posters = Vec::new();
+    for k in 0..6u8 {
+        // each fresh key stays within its own quota
+        let mut n = Node::connect(&relay).await;
+        for j in 0..2u8 {
+            let blob = vec![k, j, 0x5a];
+            n.post(inbox, true, &blob).await;
+            match n.next().await {
+                Got::Ack(id) => held.push(id),
+                Got::Err(err::QUOTA, id) => {
+                    assert_eq!(id, envelope_id(&blob));
+                    refused += 1;
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        posters.push(n);
+    }
+    assert_eq!(
+        (held.len(), refused),
+        (5, 7),
+        "keys from one address hold the address quota at most"
+    );
+    let m = relay.scrape().await;
+    assert_eq!(metric(&m, "liaison_relay_queued_envelopes"), 5);
+
+    // another address: its own share
+    let mut other = try_connect_from(
+        "127.0.0.2:0".parse().unwrap(),
+        relay.addr,
+        &relay.spki,
+        &HopKey::generate().unwrap(),
+        &client_limits(),
+    )
+    .await
+    .expect("connect from 127.0.0.2");
+    for j in 0..3u8 {
+        let blob = vec![0xee, j];
+        other.post(inbox, true, &blob).await;
+        assert_eq!(other.next().await, Got::Ack(envelope_id(&blob)));
+    }
+
+    // the recipient acknowledges one of the first address's envelopes: room for one more
+    let mut recipient = Node::connect(&relay).await;
+    recipient.subscribe(&[inbox]).await;
+    assert_eq!(recipient.delivers(8).await.len(), 8);
+    recipient.ack(held[0]).await;
+    recipient.sync().await;
+    relay.handle.store_barrier().await;
+    let blob = b"after an ack".to_vec();
+    posters[0].post(inbox, true, &blob).await;
+    assert_eq!(posters[0].next().await, Got::Ack(envelope_id(&blob)));
+    posters[1].post(inbox, true, b"one too many").await;
+    assert_eq!(
+        posters[1].next().await,
+        Got::Err(err::QUOTA, envelope_id(b"one too many"))
+    );
+    relay.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn allow_list_refuses_and_reload_admits() {
     let tmp = dir();

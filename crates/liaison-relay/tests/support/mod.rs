@@ -175,6 +175,30 @@ pub async fn try_connect_with(
     limits: &HopLimits,
 ) -> Result<Node, liaison_hop::HopError> {
     let endpoint = liaison_hop::client_endpoint(relay_addr)?;
+    connect_on(endpoint, relay_addr, relay_spki, key, limits).await
+}
+
+/// Connects from the local address `from` (another loopback address is another client
+/// address to the relay: `127.0.0.2:0`).
+pub async fn try_connect_from(
+    from: SocketAddr,
+    relay_addr: SocketAddr,
+    relay_spki: &[u8],
+    key: &HopKey,
+    limits: &HopLimits,
+) -> Result<Node, liaison_hop::HopError> {
+    let endpoint = quinn::Endpoint::client(from)
+        .map_err(|e| liaison_hop::HopError::Local(format!("cannot bind {from}: {e}")))?;
+    connect_on(endpoint, relay_addr, relay_spki, key, limits).await
+}
+
+async fn connect_on(
+    endpoint: quinn::Endpoint,
+    relay_addr: SocketAddr,
+    relay_spki: &[u8],
+    key: &HopKey,
+    limits: &HopLimits,
+) -> Result<Node, liaison_hop::HopError> {
     let hop = tokio::time::timeout(
         WAIT,
         liaison_hop::connect(&endpoint, relay_addr, key, relay_spki, limits),

@@ -1,5 +1,7 @@
 //! Admission control before any per-connection state: total and per-address connection
-//! limits and a per-address token bucket for new connections.
+//! limits and a per-address token bucket for new connections. Relays and listening nodes
+//! check every validated [`quinn::Incoming`] here before they spawn anything for it, and
+//! refuse it (`Incoming::refuse`, QUIC `CONNECTION_REFUSED`) when it does not fit.
 //!
 //! Addresses are grouped as an IPv4 address or an IPv6 /64 (one host usually owns a whole
 //! /64). Only addresses that passed QUIC Retry reach this point, so spoofed sources cannot
@@ -14,7 +16,7 @@ use std::time::Instant;
 /// Why a new connection was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Refusal {
-    /// The relay holds its maximum number of connections.
+    /// The server holds its maximum number of connections.
     TooManyConnections,
     /// This address holds its maximum number of connections.
     TooManyFromAddress,
