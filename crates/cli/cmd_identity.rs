@@ -64,7 +64,16 @@ pub fn init(ctx: &Ctx, a: InitArgs) -> CmdResult {
     let card = identity.card().ctx("signing the card")?;
     let verified = identity.verified_card().ctx("checking the new card")?;
     if a.force {
-        for f in ["node.db", "node.db-wal", "node.db-shm", CARD_FILE] {
+        for f in [
+            "node.db",
+            "node.db-wal",
+            "node.db-shm",
+            "audit.db",
+            "audit.db-wal",
+            "audit.db-shm",
+            liaison_node::home::MANIFEST_FILE,
+            CARD_FILE,
+        ] {
             let _ = std::fs::remove_file(home.dir().join(f));
         }
     }
@@ -83,7 +92,12 @@ pub fn init(ctx: &Ctx, a: InitArgs) -> CmdResult {
         .ctx("writing the card file")?;
     writeln!(f, "{text}").ctx("writing the card file")?;
     f.sync_all().ctx("writing the card file")?;
-    let db = store::open(&home.db_path()).ctx("creating the message store")?;
+    let db = store::create(&home.db_path()).ctx("creating the message store")?;
+    let store_id = db
+        .write_blocking(store::store_id)
+        .ctx("creating the message store")?;
+    home.write_manifest(&liaison_node::home::Manifest { store_id })
+        .ctx("writing the home manifest")?;
     let detail = format!("identity {} created", verified.fingerprint());
     db.write_blocking(move |c| store::log_event(c, unix_now(), None, "key", &detail))
         .ctx("logging")?;

@@ -128,18 +128,58 @@ impl Ctx {
         })
     }
 
-    /// The store, read-only.
+    /// The store, read-only. A damaged store is still read (what can be read is shown) after
+    /// one warning line that says what is wrong and how to recover. The write-ahead log is
+    /// checked only when no other process holds the home (a running node checked it when it
+    /// opened the store, and is writing it now).
     pub fn db_ro(&self, home: &Home) -> Result<rusqlite::Connection, Failure> {
         store_present(home)?;
-        store::open_read_only(&home.db_path()).ctx("opening the message store")
+        let path = home.db_path();
+        let found = if wal_at_rest(home) {
+            liaison_node::damage::check_files(&path)
+        } else {
+            liaison_node::damage::check_db_file(&path)
+        };
+        if let Err(d) = found {
+            errln!(
+                "warning: the message store {} is damaged: {d}. Showing what can still be                  read. {}",
+                path.display(),
+                recovery_hint(&d)
+            );
+        }
+        store::open_read_only(&path).ctx("opening the message store")
     }
 
-    /// The home's message store, which `init` created. A missing one is refused, never made
-    /// afresh: an empty store would forget every contact and receipt and reuse sequence
+    /// The home's message store, which `init` created, checked for damage and against the
+    /// home's manifest. A missing, damaged, emptied or foreign store is refused, never used or
+    /// made afresh: an empty store would forget every contact and receipt and reuse sequence
     /// numbers the peers already hold.
     pub fn open_store(&self, home: &Home) -> Result<store::Db, Failure> {
         store_present(home)?;
-        store::open(&home.db_path()).ctx("opening the message store")
+        let manifest = home.read_manifest().map_err(home_failure)?;
+        let path = home.db_path();
+        let db = if wal_at_rest(home) {
+            store::open(&path)
+        } else {
+            store::open_beside_writer(&path)
+        }
+        .map_err(|e| store_failure(&path, e))?;
+        let id = db
+            .write_blocking(store::store_id)
+            .ctx("reading the message store's id")?;
+        match manifest {
+            Some(m) if m.store_id != id => Err(runtime(format!(
+                "the message store {} is not this home's own (its id differs from the one the                  home's manifest records): a store from another home was put in its place. Put                  this home's store back, or restore the home from a backup",
+                path.display()
+            ))),
+            Some(_) => Ok(db),
+            None => {
+                // a home made before manifests: record its store now
+                home.write_manifest(&liaison_node::home::Manifest { store_id: id })
+                    .map_err(home_failure)?;
+                Ok(db)
+            }
+        }
     }
 
     /// A tokio runtime for commands that do I/O.
@@ -259,6 +299,41 @@ fn warn_if_readable_by_others(path: &Path) {
 }
 
 /// Refuses a home whose message store is gone (`init` makes it; nothing deletes it).
+/// Whether the store's write-ahead log is at rest: no other process holds the home (this one
+/// may), so no node is writing it while it is checked. A running node checked it when it
+/// opened the store.
+fn wal_at_rest(home: &Home) -> bool {
+    match home.lock() {
+        Ok(_lock) => true,
+        Err(HomeError::Locked { pid, .. }) => pid == Some(std::process::id()),
+        Err(_) => false,
+    }
+}
+
+/// What to do about damage, in one sentence.
+pub fn recovery_hint(d: &liaison_node::damage::Damage) -> &'static str {
+    if d.repairable() {
+        "Restore this home from a backup, or run `liaison repair --accept-loss` to cut the \
+         write-ahead log back to its intact part (what was written after the damage is lost; \
+         the damaged log is kept beside it)"
+    } else {
+        "Restore this home from a backup; nothing was changed (`liaison inbox`, `contact list` \
+         and `audit show` still show what can be read)"
+    }
+}
+
+/// A store that does not open: damage gets the recovery hint.
+pub fn store_failure(path: &Path, e: store::DbError) -> Failure {
+    match e {
+        store::DbError::Damaged(d) => runtime(format!(
+            "the message store {} is damaged: {d}. {}",
+            path.display(),
+            recovery_hint(&d)
+        )),
+        other => runtime(format!("opening the message store: {other}")),
+    }
+}
+
 fn store_present(home: &Home) -> Result<(), Failure> {
     let path = home.db_path();
     match std::fs::symlink_metadata(&path) {

@@ -14,6 +14,7 @@ mod cmd_identity;
 mod cmd_line;
 mod cmd_messages;
 mod cmd_relay;
+mod cmd_repair;
 mod control;
 mod ctx;
 mod demo;
@@ -103,6 +104,9 @@ enum Command {
     Relay(cmd_relay::RelayCmd),
     /// Run two nodes on loopback in temporary homes and show a verified call, step by step.
     Demo(demo::DemoArgs),
+    /// Check the home's message store for damage; with --accept-loss, repair a damaged
+    /// write-ahead log.
+    Repair(cmd_repair::RepairArgs),
 }
 
 fn init_tracing(verbose: u8) {
@@ -150,6 +154,7 @@ fn main() -> ExitCode {
         Command::Relay(c) => cmd_relay::run(&ctx, c),
         Command::Audit(c) => cmd_audit::run(&ctx, c),
         Command::Demo(a) => demo::run(&ctx, a),
+        Command::Repair(a) => cmd_repair::repair(&ctx, a),
     };
     match result {
         Ok(code) => code.into(),

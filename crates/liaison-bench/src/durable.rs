@@ -58,7 +58,7 @@ async fn make(name: &str, relay: Option<&InProcRelay>) -> Result<TestNode> {
         secrets.relays.push((RELAY_NAME.into(), seed));
     }
     let path = dir.path().join("node.db");
-    let db = store::open(&path)?;
+    let db = store::create(&path)?;
     let node = Node::start(
         db,
         path,

@@ -3,7 +3,10 @@
 //!
 //! Layout (all names relative to the home, which is mode 0700 and owned by the user):
 //! - `keys`: the key file ([`crate::keyfile`]), mode 0600.
-//! - `node.db`: the SQLite store (messages, outbox, delivery, audit log).
+//! - `node.db`: the SQLite store (messages, outbox, delivery, audit log), with its `-wal` and
+//!   `-shm` files.
+//! - `manifest`: which stores the home has and their ids ([`Manifest`]), so a store that went
+//!   missing, was emptied or was replaced by another home's is refused, not used.
 //! - `lock`: locked exclusively (`flock`) by the process driving the node
 //!   (`listen`, `call`, `send`); holds that process's pid for diagnostics. The kernel releases
 //!   the lock when its holder dies, so a dead holder's lock is taken over without ceremony.
@@ -24,6 +27,10 @@ use std::path::{Path, PathBuf};
 pub const KEYS_FILE: &str = "keys";
 /// SQLite database file name.
 pub const DB_FILE: &str = "node.db";
+/// Manifest file name.
+pub const MANIFEST_FILE: &str = "manifest";
+/// Largest manifest read.
+const MAX_MANIFEST: u64 = 4096;
 /// Lock file name.
 pub const LOCK_FILE: &str = "lock";
 /// Control socket name.
@@ -110,6 +117,17 @@ pub enum HomeError {
         #[source]
         source: nix::Error,
     },
+    /// The manifest does not parse.
+    #[error(
+        "the home manifest {} is damaged ({why}): restore this home from a backup",
+        path.display()
+    )]
+    BadManifest {
+        /// The manifest.
+        path: PathBuf,
+        /// What is wrong.
+        why: String,
+    },
     /// A file-system operation failed.
     #[error("{}: {source}", path.display())]
     Io {
@@ -119,6 +137,58 @@ pub enum HomeError {
         #[source]
         source: io::Error,
     },
+}
+
+/// What a home's `manifest` records: the stores it has and their ids. Text, one line each:
+///
+/// ```text
+/// liaison home manifest 1
+/// store node.db 00112233445566778899aabbccddeeff
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Manifest {
+    /// The id of `node.db` ([`crate::store::store_id`]).
+    pub store_id: [u8; 16],
+}
+
+const MANIFEST_HEADER: &str = "liaison home manifest 1";
+
+impl Manifest {
+    /// The file's text.
+    pub fn to_text(&self) -> String {
+        format!(
+            "{MANIFEST_HEADER}\nstore {DB_FILE} {}\n",
+            hex::encode(self.store_id)
+        )
+    }
+
+    /// Parses the file's text (strict: the header, then exactly the known lines).
+    pub fn parse(text: &str) -> Result<Manifest, String> {
+        if text.len() as u64 > MAX_MANIFEST {
+            return Err("too long".into());
+        }
+        let mut lines = text.lines();
+        if lines.next() != Some(MANIFEST_HEADER) {
+            return Err("unknown header".into());
+        }
+        let mut store_id = None;
+        for line in lines {
+            let parts: Vec<&str> = line.split(' ').collect();
+            match parts.as_slice() {
+                ["store", name, id] if *name == DB_FILE => {
+                    let mut b = [0u8; 16];
+                    hex::decode_to_slice(id, &mut b).map_err(|_| "bad store id".to_string())?;
+                    if store_id.replace(b).is_some() {
+                        return Err("the store is listed twice".into());
+                    }
+                }
+                _ => return Err(format!("unknown line {line:?}")),
+            }
+        }
+        store_id
+            .map(|store_id| Manifest { store_id })
+            .ok_or_else(|| "no store listed".into())
+    }
 }
 
 /// A checked home directory.
@@ -192,6 +262,52 @@ impl Home {
     /// `keys`: the key file.
     pub fn keys_path(&self) -> PathBuf {
         self.dir.join(KEYS_FILE)
+    }
+
+    /// `manifest`: the stores this home has.
+    pub fn manifest_path(&self) -> PathBuf {
+        self.dir.join(MANIFEST_FILE)
+    }
+
+    /// The manifest, or `None` for a home made before manifests (or before its store).
+    pub fn read_manifest(&self) -> Result<Option<Manifest>, HomeError> {
+        let path = self.manifest_path();
+        let f = match File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(io_err(&path, e)),
+        };
+        let mut text = String::new();
+        f.take(MAX_MANIFEST + 1)
+            .read_to_string(&mut text)
+            .map_err(|e| HomeError::BadManifest {
+                path: path.clone(),
+                why: e.to_string(),
+            })?;
+        Manifest::parse(&text)
+            .map(Some)
+            .map_err(|why| HomeError::BadManifest { path, why })
+    }
+
+    /// Writes the manifest atomically (a 0600 temporary file, synced, renamed over it).
+    pub fn write_manifest(&self, m: &Manifest) -> Result<(), HomeError> {
+        let path = self.manifest_path();
+        let tmp = self.dir.join(format!("{MANIFEST_FILE}.tmp"));
+        let _ = fs::remove_file(&tmp);
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)
+            .map_err(|e| io_err(&tmp, e))?;
+        f.write_all(m.to_text().as_bytes())
+            .and_then(|()| f.sync_all())
+            .map_err(|e| io_err(&tmp, e))?;
+        fs::rename(&tmp, &path).map_err(|e| io_err(&path, e))?;
+        File::open(&self.dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| io_err(&self.dir, e))?;
+        Ok(())
     }
 
     /// Whether an identity was created here (the key file exists).

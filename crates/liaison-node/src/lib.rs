@@ -4,6 +4,7 @@ pub mod store;
 pub mod atrest;
 pub mod audit;
 pub mod control;
+pub mod damage;
 pub mod home;
 pub mod keyfile;
 pub mod line;

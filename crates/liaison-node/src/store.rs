@@ -36,6 +36,9 @@ pub enum DbError {
     /// A request that cannot be satisfied (unknown contact...).
     #[error("{0}")]
     Invalid(String),
+    /// The store's files are damaged (found on open, before anything was written).
+    #[error("the message store is damaged: {0}")]
+    Damaged(crate::damage::Damage),
 }
 
 type Finisher = Box<dyn FnOnce(bool) + Send>;
@@ -143,8 +146,40 @@ pub fn audit_db_path(path: &Path) -> std::path::PathBuf {
     }
 }
 
-/// Opens (creating if needed) the store and starts its writer thread.
+/// Creates a new store at `path` (for a new home) and starts its writer thread. An existing
+/// file is refused: [`open`] opens it.
+pub fn create(path: &Path) -> Result<Db, DbError> {
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.len() > 0 || !m.is_file() => {
+            return Err(DbError::Invalid(format!(
+                "{} exists already: open it instead of creating a store over it",
+                path.display()
+            )));
+        }
+        _ => {}
+    }
+    open_inner(path, true)
+}
+
+/// Opens the existing store at `path` and starts its writer thread, after checking it for
+/// damage ([`crate::damage`]: the database header and length, the write-ahead log, SQLite's
+/// `quick_check`, and that the file holds a store at all). Damage is refused with
+/// [`DbError::Damaged`] before SQLite writes anything, so the files stay as they were for a
+/// repair or a restore.
 pub fn open(path: &Path) -> Result<Db, DbError> {
+    crate::damage::check_files(path).map_err(DbError::Damaged)?;
+    open_inner(path, false)
+}
+
+/// [`open`] while another process (a running node) has the store open and is writing its
+/// write-ahead log: the same checks but the log's, which the writer did when it opened it
+/// (a log being written cannot be read whole at one instant).
+pub fn open_beside_writer(path: &Path) -> Result<Db, DbError> {
+    crate::damage::check_db_file(path).map_err(DbError::Damaged)?;
+    open_inner(path, false)
+}
+
+fn open_inner(path: &Path, new: bool) -> Result<Db, DbError> {
     liaison_audit::store::make_db_private(path).map_err(|e| {
         DbError::Invalid(format!(
             "cannot make the store {} private to this user: {e}",
@@ -152,6 +187,21 @@ pub fn open(path: &Path) -> Result<Db, DbError> {
         ))
     })?;
     let conn = Connection::open(path)?;
+    if !new {
+        crate::damage::quick_check(&conn).map_err(DbError::Damaged)?;
+        let has_meta: Option<i64> = conn
+            .query_row(
+                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'meta'",
+                [],
+                |r| r.get(0),
+            )
+            .optional()?;
+        if has_meta.is_none() {
+            return Err(DbError::Damaged(crate::damage::Damage::NotAStore(
+                "it holds no Liaison store (emptied, or another database put in its place)".into(),
+            )));
+        }
+    }
     configure(&conn)?;
     conn.execute_batch(SCHEMA)?;
     // homes made before the audit log moved into this database kept it in `audit.db`
@@ -175,6 +225,11 @@ pub fn open(path: &Path) -> Result<Db, DbError> {
         })
         .optional()?;
     match version {
+        None if !new => {
+            return Err(DbError::Damaged(crate::damage::Damage::NotAStore(
+                "its schema version is missing".into(),
+            )));
+        }
         None => {
             conn.execute(
                 "INSERT INTO meta (key, value) VALUES ('schema', ?1)",
@@ -582,6 +637,19 @@ pub fn meta_get(conn: &Connection, key: &str) -> Result<Option<Vec<u8>>, DbError
     Ok(conn
         .query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
         .optional()?)
+}
+
+/// This store's id: 16 random bytes made the first time it is asked for, which the home's
+/// manifest records, so a store from another home put in this one's place is noticed.
+pub fn store_id(conn: &Connection) -> Result<[u8; 16], DbError> {
+    if let Some(v) = meta_get(conn, "store_id")? {
+        return <[u8; 16]>::try_from(v.as_slice())
+            .map_err(|_| DbError::Corrupt("the store id is not 16 bytes".into()));
+    }
+    let mut id = [0u8; 16];
+    getrandom::fill(&mut id).map_err(|e| DbError::Invalid(format!("no randomness: {e}")))?;
+    meta_set(conn, "store_id", &id)?;
+    Ok(id)
 }
 
 /// Sets a value in the `meta` table.
@@ -1203,7 +1271,7 @@ mod tests {
     #[tokio::test]
     async fn group_commit_outbox_inbox() {
         let dir = tempfile::tempdir().unwrap();
-        let db = open(&dir.path().join("node.db")).unwrap();
+        let db = create(&dir.path().join("node.db")).unwrap();
         db.write(|c| add_contact(c, &new_contact("bob", 1), 1, false))
             .await
             .unwrap();

@@ -55,7 +55,7 @@ fn make(name: &str) -> TestNode {
     let secrets = NodeSecrets::new(identity).unwrap();
     secrets.save(&dir.path().join("keys"), None).unwrap();
     let path = dir.path().join("node.db");
-    let db = store::open(&path).unwrap();
+    let db = store::create(&path).unwrap();
     let node = Node::start(db, path, secrets, NodeOptions::default()).unwrap();
     TestNode {
         node,

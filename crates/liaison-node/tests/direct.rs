@@ -40,7 +40,7 @@ async fn make_with(name: &str, options: NodeOptions) -> TestNode {
     let hop_key = liaison_hop::HopKey::from_seed(identity.hop_seed());
     let secrets = NodeSecrets::new(identity).unwrap();
     let path = dir.path().join("node.db");
-    let db = store::open(&path).unwrap();
+    let db = store::create(&path).unwrap();
     let node = Node::start(db, path, secrets, options).unwrap();
     TestNode {
         node,
