@@ -33,3 +33,6 @@ mod line_engine;
 
 #[path = "e2e/local_input.rs"]
 mod local_input;
+
+#[path = "e2e/kill_listener.rs"]
+mod kill_listener;

@@ -116,6 +116,24 @@ impl Ctx {
         Ok((secrets, pass))
     }
 
+    /// The node's secrets if they can be had without asking anyone: the key file is not
+    /// encrypted, or the passphrase comes from `--passphrase-file` or `LIAISON_PASSPHRASE`.
+    /// `None` otherwise, or if they do not open.
+    pub fn secrets_without_prompt(&self, home: &Home) -> Option<NodeSecrets> {
+        let path = home.keys_path();
+        let encrypted = liaison_node::keyfile::is_encrypted(&path).ok()?;
+        let pass = if !encrypted {
+            None
+        } else if self.global.passphrase_file.is_some()
+            || std::env::var_os("LIAISON_PASSPHRASE").is_some()
+        {
+            Some(self.passphrase(false).ok()?)
+        } else {
+            return None;
+        };
+        NodeSecrets::load(&path, pass.as_ref().map(|p| p.as_bytes())).ok()
+    }
+
     /// This node's own card (public file, no passphrase needed).
     pub fn own_card(&self, home: &Home) -> Result<VerifiedCard, Failure> {
         let path = home.dir().join(CARD_FILE);

@@ -18,6 +18,7 @@ mod control;
 mod ctx;
 mod demo;
 mod exit;
+mod lost;
 mod output;
 
 use clap::{Args, Parser, Subcommand};
