@@ -36,3 +36,6 @@ mod local_input;
 
 #[path = "e2e/damage.rs"]
 mod damage;
+
+#[path = "e2e/kill_listener.rs"]
+mod kill_listener;

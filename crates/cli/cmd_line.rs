@@ -7,6 +7,7 @@
 use crate::control::{self, Request};
 use crate::ctx::Ctx;
 use crate::exit::{CmdResult, Code, Context, Failure, runtime, usage};
+use crate::lost::{self, Handed, State};
 use crate::output::{Local, Out, show};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
@@ -22,8 +23,10 @@ use std::collections::BTreeSet;
 use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::{broadcast, mpsc};
+use tokio_util::sync::CancellationToken;
 
 /// `liaison listen`.
 #[derive(Args, Debug)]
@@ -44,7 +47,7 @@ pub struct ListenArgs {
 /// `liaison call`.
 #[derive(Args, Debug)]
 #[command(
-    after_help = "Examples:\n  liaison call bob --addr bob.example:7700       # interactive: type, Enter sends\n  printf 'one\\ntwo\\n' | liaison call bob         # piped: exits 0 once bob has both\n  liaison call bob --relay r1\n\nWhile it runs, `status`, `send` and `call` on the same home go through it, as they go\nthrough a running `listen`."
+    after_help = "Examples:\n  liaison call bob --addr bob.example:7700       # interactive: type, Enter sends\n  printf 'one\\ntwo\\n' | liaison call bob         # piped: exits 0 once bob has both\n  liaison call bob --relay r1\n\nIt exits 0 once bob acknowledged every line. Otherwise (timeout, Ctrl-C, a refusal, or the\nlistener it ran through stopped) it prints each line's state and id on stdout, e.g.\n`pending bob:3 (line 3)` or `not stored (line 4): send it again` (with --json,\n`message_state` objects), then one line on stderr saying what failed, and exits 4 (3 for a\nrefusal; 1 if a line was not stored or its state is unknown).\n\nWhile it runs, `status`, `send` and `call` on the same home go through it, as they go\nthrough a running `listen`."
 )]
 pub struct CallArgs {
     /// The contact to call.
@@ -64,7 +67,7 @@ pub struct CallArgs {
 #[derive(Args, Debug)]
 #[command(
     group(clap::ArgGroup::new("what").required(true).args(["text", "file"])),
-    after_help = "Examples:\n  liaison send bob \"meeting moved to 10:00\"\n  liaison send bob --file report.pdf --addr bob.example:7700\n  liaison send bob \"while you were out\" --relay r1     # `queued` if bob is away\n\nStatus: delivered (bob's node stored it) and queued (a relay holds it sealed) exit 0;\npending (still only in your outbox) exits 4."
+    after_help = "Examples:\n  liaison send bob \"meeting moved to 10:00\"\n  liaison send bob --file report.pdf --addr bob.example:7700\n  liaison send bob \"while you were out\" --relay r1     # `queued` if bob is away\n\nStatus: delivered (bob's node stored it) and queued (a relay holds it sealed) exit 0;\npending (still only in your outbox) exits 4. If the `listen` it goes through stops\nmeanwhile, send finds the message in the home and reports it the same way; only a message\nreported `not stored` (exit 1) is to be sent again."
 )]
 pub struct SendArgs {
     /// The contact.
@@ -104,6 +107,19 @@ pub struct SendReq {
     pub timeout: u64,
     /// JSON output.
     pub json: bool,
+    /// The commitment salt the client chose (hex): a client whose listener stops before
+    /// saying it stored the message finds it in the home by this.
+    #[serde(default)]
+    pub salt: Option<String>,
+}
+
+/// One line of a call's input.
+#[derive(Debug, Clone)]
+pub struct CallInput {
+    /// The message.
+    pub text: String,
+    /// The commitment salt its client chose, if any.
+    pub salt: Option<[u8; MSG_SALT_LEN]>,
 }
 
 /// A `call` request (also carried over the control socket).
@@ -128,11 +144,11 @@ fn salt() -> [u8; MSG_SALT_LEN] {
     liaison_proto::keys::random_bytes().unwrap_or([0; MSG_SALT_LEN])
 }
 
-fn text_content(text: String) -> MessageContent {
+fn text_content(text: String, salt_chosen: Option<[u8; MSG_SALT_LEN]>) -> MessageContent {
     MessageContent {
         kind: MSG_KIND_TEXT,
         sent_at_ms: unix_ms(),
-        salt: salt(),
+        salt: salt_chosen.unwrap_or_else(salt),
         name: None,
         body: text.into_bytes(),
     }
@@ -148,8 +164,8 @@ struct Running {
 
 enum Access {
     Local(Box<Running>),
-    /// A running listener's control socket, and the home's message store.
-    Remote(PathBuf, PathBuf),
+    /// A connection to a running listener's control socket, and the home.
+    Remote(tokio::net::UnixStream, Home),
 }
 
 async fn access(ctx: &Ctx) -> Result<Access, Failure> {
@@ -164,8 +180,10 @@ async fn access(ctx: &Ctx) -> Result<Access, Failure> {
             // socket once it answers. Nothing of this command is stored before then.
             let end = tokio::time::Instant::now() + ACCESS_WAIT;
             loop {
-                if sock.exists() && liaison_node::control::connect(&sock).await.is_ok() {
-                    return Ok(Access::Remote(sock, home.db_path()));
+                if sock.exists()
+                    && let Ok(stream) = liaison_node::control::connect(&sock).await
+                {
+                    return Ok(Access::Remote(stream, home));
                 }
                 match home.lock() {
                     Ok(lock) => return local_access(ctx, &home, lock),
@@ -247,13 +265,21 @@ fn node_failure(e: NodeError) -> Failure {
 
 /// Sends one message and waits for its receipt.
 pub async fn send_logic(node: &Node, req: SendReq, out: &mut dyn Out) -> Code {
+    let chosen = match req.salt.as_deref().map(lost::parse_salt) {
+        None => None,
+        Some(Some(s)) => Some(s),
+        Some(None) => {
+            out.err("error: bad control request: the salt is not 32 bytes of hex");
+            return Code::Usage;
+        }
+    };
     let content = match (&req.text, &req.file) {
-        (Some(t), None) => text_content(t.clone()),
+        (Some(t), None) => text_content(t.clone(), chosen),
         (None, Some((name, b64))) => match STANDARD.decode(b64) {
             Ok(body) => MessageContent {
                 kind: MSG_KIND_FILE,
                 sent_at_ms: unix_ms(),
-                salt: salt(),
+                salt: chosen.unwrap_or_else(salt),
                 name: Some(name.clone()),
                 body,
             },
@@ -504,7 +530,8 @@ async fn status_of(node: &Node, contact: &str, seq: u64) -> Option<String> {
 pub async fn call_logic(
     node: &Node,
     req: CallReq,
-    mut input: mpsc::Receiver<Option<String>>,
+    mut input: mpsc::Receiver<Option<CallInput>>,
+    stop: CancellationToken,
     out: &mut dyn Out,
 ) -> Code {
     let mut events = node.subscribe();
@@ -520,20 +547,23 @@ pub async fn call_logic(
             "calling {contact}: type a message and press Enter; Ctrl-D ends the call"
         ));
     }
+    // the seq of each input line, in order (`None`: not stored)
+    let mut lines: Vec<Option<u64>> = Vec::new();
     let mut ours: BTreeSet<u64> = BTreeSet::new();
-    let mut sent = 0usize;
     let mut eof = false;
     let mut last_progress = Instant::now();
     let timeout = Duration::from_secs(req.timeout);
     let mut tick = tokio::time::interval(Duration::from_millis(250));
-    loop {
+    // why the call ended early: the exit code and the line saying so
+    let failure: Option<(Code, String)> = loop {
         tokio::select! {
+            _ = stop.cancelled() => break None,
             line = input.recv(), if !eof => {
                 let mut batch = Vec::new();
                 let mut item = line;
                 loop {
                     match item {
-                        Some(Some(text)) => batch.push(text_content(text)),
+                        Some(Some(l)) => batch.push(text_content(l.text, l.salt)),
                         Some(None) | None => { eof = true; break; }
                     }
                     if batch.len() >= 512 { break; }
@@ -545,11 +575,17 @@ pub async fn call_logic(
                 if !batch.is_empty() {
                     let n = batch.len();
                     match node.submit(&contact, batch).await {
-                        Ok(seqs) => { ours.extend(seqs); sent += n; }
+                        Ok(seqs) => {
+                            for s in &seqs {
+                                out.stored(&format!("{contact}:{s}"));
+                            }
+                            ours.extend(seqs.iter().copied());
+                            lines.extend(seqs.into_iter().map(Some));
+                        }
                         Err(e) => {
+                            lines.extend(std::iter::repeat_n(None, n));
                             let f = node_failure(e);
-                            out.err(&format!("error: {}", f.msg));
-                            return f.code;
+                            break Some((f.code, format!("error: {}", f.msg)));
                         }
                     }
                 }
@@ -574,16 +610,24 @@ pub async fn call_logic(
                                 show(out, &ev, req.json);
                             }
                         }
-                        NodeEvent::DialFailed { contact: c, refused, .. } if *c == contact => {
+                        NodeEvent::DialFailed { contact: c, refused, error, .. } if *c == contact => {
                             show(out, &ev, req.json);
                             if *refused {
-                                return Code::Verify;
+                                break Some((
+                                    Code::Verify,
+                                    format!("error: the line to {contact} was refused ({error})"),
+                                ));
                             }
                         }
                         NodeEvent::Renumbered { contact: c, moves, .. } if *c == contact => {
                             for m in moves {
                                 if ours.remove(&m[0]) {
                                     ours.insert(m[1]);
+                                }
+                                for l in lines.iter_mut().flatten() {
+                                    if *l == m[0] {
+                                        *l = m[1];
+                                    }
                                 }
                             }
                             show(out, &ev, req.json);
@@ -599,20 +643,21 @@ pub async fn call_logic(
                 Err(broadcast::error::RecvError::Lagged(_)) => {
                     resync(node, &contact, &mut ours).await;
                 }
-                Err(broadcast::error::RecvError::Closed) => break,
+                Err(broadcast::error::RecvError::Closed) => break None,
             },
             _ = tick.tick() => {
                 if eof && ours.is_empty() {
-                    break;
+                    break None;
                 }
                 if eof && last_progress.elapsed() >= timeout {
-                    break;
+                    break None;
                 }
             }
         }
-    }
+    };
     resync(node, &contact, &mut ours).await;
-    if ours.is_empty() {
+    let sent = lines.len();
+    if failure.is_none() && ours.is_empty() && lines.iter().all(Option::is_some) {
         if req.json {
             out.out(
                 &serde_json::json!({"event": "call_ended", "sent": sent, "acknowledged": sent})
@@ -623,27 +668,125 @@ pub async fn call_logic(
         }
         return Code::Ok;
     }
-    let mut queued = 0usize;
-    let mut pending = 0usize;
-    for seq in &ours {
-        match status_of(node, &contact, *seq).await.as_deref() {
-            Some(store::status::QUEUED) => queued += 1,
-            _ => pending += 1,
+    // every line's state and id, then one line saying what failed
+    let mut states = Vec::with_capacity(lines.len());
+    for l in &lines {
+        states.push(match l {
+            Some(seq) => match status_of(node, &contact, *seq).await {
+                Some(status) => State::Stored { seq: *seq, status },
+                None => State::Unknown(format!("{contact}:{seq} cannot be read")),
+            },
+            None => State::NotStored,
+        });
+    }
+    report_states(out, &contact, req.json, &states);
+    let tally = Tally::of(&states);
+    if req.json {
+        out.out(&tally.call_ended_json());
+    }
+    match failure {
+        Some((code, why)) => {
+            out.err(&format!("{why}; {}", tally.text()));
+            code
+        }
+        None => {
+            out.err(&format!(
+                "not every message was acknowledged: {} (they stay in the outbox for a later \
+                 listen, call or send)",
+                tally.text()
+            ));
+            Code::NotDelivered
         }
     }
-    let acked = sent - ours.len();
-    if req.json {
-        out.out(
-            &serde_json::json!({"event": "call_ended", "sent": sent, "acknowledged": acked,
-                                "queued": queued, "pending": pending})
-            .to_string(),
-        );
+}
+
+/// How many of a call's lines are in each state.
+#[derive(Debug, Default)]
+struct Tally {
+    sent: usize,
+    delivered: usize,
+    queued: usize,
+    pending: usize,
+    not_stored: usize,
+    unknown: usize,
+}
+
+impl Tally {
+    fn of(states: &[State]) -> Tally {
+        let mut t = Tally {
+            sent: states.len(),
+            ..Tally::default()
+        };
+        for s in states {
+            match s {
+                State::Stored { status, .. } if status == store::status::DELIVERED => {
+                    t.delivered += 1;
+                }
+                State::Stored { status, .. } if status == store::status::QUEUED => t.queued += 1,
+                State::Stored { .. } => t.pending += 1,
+                State::NotStored => t.not_stored += 1,
+                State::Unknown(_) => t.unknown += 1,
+            }
+        }
+        t
     }
-    out.err(&format!(
-        "not every message was acknowledged: {acked} acknowledged, {queued} queued at a relay, \
-         {pending} pending (they stay in the outbox for a later listen, call or send)"
-    ));
-    Code::NotDelivered
+
+    /// `2 acknowledged, 0 queued at a relay, 1 pending[, 1 not stored …]`.
+    fn text(&self) -> String {
+        let mut s = format!(
+            "{} acknowledged, {} queued at a relay, {} pending",
+            self.delivered, self.queued, self.pending
+        );
+        if self.not_stored > 0 {
+            s.push_str(&format!(
+                ", {} not stored (never sent: send them again)",
+                self.not_stored
+            ));
+        }
+        if self.unknown > 0 {
+            s.push_str(&format!(
+                ", {} unknown (see `liaison outbox` before sending them again)",
+                self.unknown
+            ));
+        }
+        s
+    }
+
+    fn call_ended_json(&self) -> String {
+        serde_json::json!({
+            "event": "call_ended", "sent": self.sent, "acknowledged": self.delivered,
+            "queued": self.queued, "pending": self.pending, "not_stored": self.not_stored,
+            "unknown": self.unknown,
+        })
+        .to_string()
+    }
+}
+
+/// One line per input line of a call: its state and id (`pending bob:3 (line 3)`, or with
+/// `--json` a `message_state` object).
+fn report_states(out: &mut dyn Out, contact: &str, json: bool, states: &[State]) {
+    for (i, s) in states.iter().enumerate() {
+        let line = i + 1;
+        let id = match s {
+            State::Stored { seq, .. } => Some(format!("{contact}:{seq}")),
+            _ => None,
+        };
+        if json {
+            let mut v = serde_json::json!({
+                "event": "message_state", "line": line, "id": id, "status": s.json_name(),
+            });
+            if let (State::Unknown(why), Some(o)) = (s, v.as_object_mut()) {
+                o.insert("reason".into(), why.clone().into());
+            }
+            out.out(&v.to_string());
+        } else {
+            match (s, id) {
+                (_, Some(id)) => out.out(&format!("{} {id} (line {line})", s.name())),
+                (State::Unknown(why), None) => out.out(&format!("unknown (line {line}): {why}")),
+                (_, None) => out.out(&format!("not stored (line {line}): send it again")),
+            }
+        }
+    }
 }
 
 async fn resync(node: &Node, contact: &str, ours: &mut BTreeSet<u64>) {
@@ -685,6 +828,13 @@ pub fn send(ctx: &Ctx, a: SendArgs) -> CmdResult {
         Some(p) => Some(file_payload(p)?),
         None => None,
     };
+    // the salt is chosen here, so that this client can find its message in the home if a
+    // listener carrying it stops before saying it stored it
+    let handed = Handed::new(match (&file, &a.text) {
+        (Some((_, body)), _) => body,
+        (None, Some(text)) => text.as_bytes(),
+        (None, None) => &[],
+    });
     let req = SendReq {
         contact: a.name,
         text: a.text,
@@ -693,6 +843,7 @@ pub fn send(ctx: &Ctx, a: SendArgs) -> CmdResult {
         relay: a.relay,
         timeout: a.timeout,
         json: ctx.json,
+        salt: Some(handed.salt_hex()),
     };
     let rt = ctx.runtime()?;
     rt.block_on(async {
@@ -702,75 +853,68 @@ pub fn send(ctx: &Ctx, a: SendArgs) -> CmdResult {
                 r.node.shutdown().await;
                 Ok(code)
             }
-            Access::Remote(sock, db) => remote(&sock, &db, Request::Send(req), None).await,
+            Access::Remote(stream, home) => {
+                let (contact, json) = (req.contact.clone(), req.json);
+                let from = lost::next_seq(&home, &contact);
+                match control::run_remote(stream, Request::Send(req), None).await {
+                    control::RemoteEnd::Exit(code) => Ok(exit_code(code)),
+                    control::RemoteEnd::Lost { stored, holder } => {
+                        let mut handed = handed;
+                        handed.seq = stored.first().and_then(|id| seq_of(id));
+                        let state = lost::settle(ctx, &home, &contact, from, holder, &[handed])
+                            .await
+                            .pop()
+                            .unwrap_or_else(|| State::Unknown("nothing was read".into()));
+                        send_lost(&contact, json, state)
+                    }
+                }
+            }
         }
     })
 }
 
-async fn remote(
-    sock: &std::path::Path,
-    db: &std::path::Path,
-    req: Request,
-    input: Option<mpsc::Receiver<Option<String>>>,
-) -> CmdResult {
-    let json = match &req {
-        Request::Send(r) => Some(r.json),
-        _ => None,
-    };
-    let end = control::run_remote(sock, req, input).await.map_err(|e| {
-        runtime(format!(
-            "cannot talk to the running `liaison listen`: {e}; nothing was sent"
-        ))
-    })?;
-    let code = match end {
-        control::RemoteEnd::Exit(code) => code,
-        control::RemoteEnd::Lost { stored } => return lost_listener(db, json, stored),
-    };
-    Ok(match code {
+fn exit_code(code: u8) -> Code {
+    match code {
         0 => Code::Ok,
         2 => Code::Usage,
         3 => Code::Verify,
         4 => Code::NotDelivered,
         _ => Code::Runtime,
-    })
+    }
 }
 
-/// The listener carrying our command stopped before it answered. For a `send` (`json` is its
-/// `--json`), the message's state is read from the store and reported the way `send` reports
-/// it, so that a script neither loses it nor sends it twice.
-fn lost_listener(db: &std::path::Path, json: Option<bool>, stored: Option<String>) -> CmdResult {
-    let Some(json) = json else {
-        return Err(runtime(
-            "the running `liaison listen` stopped during this call: what it sent and what was \
-             delivered is in `liaison history CONTACT`",
-        ));
+/// The seq of message id `CONTACT:SEQ`.
+fn seq_of(id: &str) -> Option<u64> {
+    id.rsplit_once(':').and_then(|(_, s)| s.parse().ok())
+}
+
+/// The listener carrying a `send` stopped before it answered: the message's state, found in
+/// the home ([`lost::settle`]), is reported the way `send` reports it, so that a script
+/// neither loses it nor sends it twice.
+fn send_lost(contact: &str, json: bool, state: State) -> CmdResult {
+    let (seq, status) = match state {
+        State::Stored { seq, status } => (seq, status),
+        State::NotStored => {
+            return Err(runtime(
+                "the running `liaison listen` stopped before it stored the message: not \
+                 stored, not sent; send it again",
+            ));
+        }
+        State::Unknown(why) => {
+            return Err(runtime(format!(
+                "the running `liaison listen` stopped during this send, and whether it stored \
+                 the message cannot be told: {why}. See `liaison outbox` before sending it again"
+            )));
+        }
     };
-    let Some(id) = stored else {
-        return Err(runtime(
-            "the running `liaison listen` stopped before the message was stored: it was not \
-             sent; send it again",
-        ));
-    };
-    let status = id
-        .rsplit_once(':')
-        .and_then(|(c, s)| Some((c, s.parse::<u64>().ok()?)))
-        .and_then(|(contact, seq)| {
-            let conn = store::open_read_only(db).ok()?;
-            store::outbox_status(&conn, contact, seq).ok().flatten()
-        });
-    let Some(status) = status else {
-        return Err(runtime(format!(
-            "the running `liaison listen` stopped during this send; {id} was stored but its \
-             state cannot be read now: see `liaison history` before sending it again"
-        )));
-    };
+    let id = format!("{contact}:{seq}");
     if json {
         outln!("{}", serde_json::json!({"status": status, "id": id}));
     } else {
         outln!("{status} {id}");
     }
     match status.as_str() {
-        "delivered" | "queued" => {
+        store::status::DELIVERED | store::status::QUEUED => {
             errln!("note: the running `liaison listen` stopped, after {id} was {status}");
             Ok(Code::Ok)
         }
@@ -784,15 +928,54 @@ fn lost_listener(db: &std::path::Path, json: Option<bool>, stored: Option<String
     }
 }
 
-fn stdin_lines() -> mpsc::Receiver<Option<String>> {
+/// The listener carrying a `call` stopped before it answered: every line the call read is
+/// reported with its state, found in the home, then one line says what failed. `eof`: the
+/// whole input was read.
+fn call_lost(contact: &str, json: bool, states: &[State], eof: bool, interactive: bool) -> Code {
+    report_states(&mut Local, contact, json, states);
+    let tally = Tally::of(states);
+    if json {
+        outln!("{}", tally.call_ended_json());
+    }
+    let unread = !eof && !interactive;
+    if tally.delivered == tally.sent && !unread {
+        errln!(
+            "note: the running `liaison listen` stopped, after every message of this call was \
+             acknowledged"
+        );
+        return Code::Ok;
+    }
+    let rest = if unread {
+        format!(
+            "; the input after line {} was not read (not sent)",
+            tally.sent
+        )
+    } else {
+        String::new()
+    };
+    errln!(
+        "error: the running `liaison listen` stopped during this call: {}{rest}",
+        tally.text()
+    );
+    if tally.not_stored + tally.unknown > 0 || unread {
+        Code::Runtime
+    } else {
+        Code::NotDelivered
+    }
+}
+
+fn stdin_lines() -> mpsc::Receiver<Option<CallInput>> {
     let (tx, rx) = mpsc::channel(1024);
     std::thread::spawn(move || {
         use std::io::BufRead;
         let stdin = std::io::stdin();
         for line in stdin.lock().lines() {
             match line {
-                Ok(l) => {
-                    if tx.blocking_send(Some(l)).is_err() {
+                Ok(text) => {
+                    if tx
+                        .blocking_send(Some(CallInput { text, salt: None }))
+                        .is_err()
+                    {
                         return;
                     }
                 }
@@ -802,6 +985,51 @@ fn stdin_lines() -> mpsc::Receiver<Option<String>> {
         let _ = tx.blocking_send(None);
     });
     rx
+}
+
+/// Hands the call's input lines to a listener as control requests, each with a salt chosen
+/// here and kept in `handed` (in order). When `done` is cancelled (the listener answered its
+/// last, or stopped), the lines read but not handed over are kept too (they were not sent).
+/// Returns whether the whole input was read.
+async fn hand_over(
+    mut input: mpsc::Receiver<Option<CallInput>>,
+    tx: mpsc::Sender<Request>,
+    handed: Arc<Mutex<Vec<Handed>>>,
+    done: CancellationToken,
+) -> bool {
+    let keep = |h: Handed| {
+        if let Ok(mut v) = handed.lock() {
+            v.push(h);
+        }
+    };
+    loop {
+        let item = tokio::select! {
+            biased;
+            _ = done.cancelled() => {
+                while let Ok(item) = input.try_recv() {
+                    match item {
+                        Some(l) => keep(Handed::new(l.text.as_bytes())),
+                        None => return true,
+                    }
+                }
+                return false;
+            }
+            item = input.recv() => item,
+        };
+        match item {
+            Some(Some(l)) => {
+                let h = Handed::new(l.text.as_bytes());
+                let salt = Some(h.salt_hex());
+                keep(h);
+                // a line the listener never got is found not stored
+                let _ = tx.send(Request::Input { line: l.text, salt }).await;
+            }
+            Some(None) | None => {
+                let _ = tx.send(Request::Eof).await;
+                return true;
+            }
+        }
+    }
 }
 
 /// `liaison call`.
@@ -815,7 +1043,9 @@ pub fn call(ctx: &Ctx, a: CallArgs) -> CmdResult {
         json: ctx.json,
     };
     let rt = ctx.runtime()?;
-    rt.block_on(async {
+    // our own node's home lock, released only once every task of the runtime is gone
+    let mut held = None;
+    let result = rt.block_on(async {
         let acc = access(ctx).await?;
         let input = stdin_lines();
         match acc {
@@ -846,31 +1076,74 @@ pub fn call(ctx: &Ctx, a: CallArgs) -> CmdResult {
                         }
                     }
                 };
+                // Ctrl-C or SIGTERM ends the call as the end of its input would, without
+                // waiting: what became of each line is reported
+                let stop = CancellationToken::new();
+                let stopper = tokio::spawn({
+                    let stop = stop.clone();
+                    let signalled = interrupted();
+                    async move {
+                        signalled.await;
+                        stop.cancel();
+                    }
+                });
                 let code = tokio::select! {
-                    c = call_logic(&r.node, req, input, &mut local) => c,
-                    _ = interrupted() => Code::Ok,
+                    c = call_logic(&r.node, req, input, stop, &mut local) => c,
                     () = serve => Code::Runtime,
                 };
+                stopper.abort();
                 drop(control);
                 r.node.shutdown().await;
+                held = Some(r);
                 Ok(code)
             }
-            Access::Remote(sock, db) => remote(&sock, &db, Request::Call(req), Some(input)).await,
+            Access::Remote(stream, home) => {
+                let (contact, json, interactive) = (req.contact.clone(), req.json, req.interactive);
+                let from = lost::next_seq(&home, &contact);
+                let handed = Arc::new(Mutex::new(Vec::new()));
+                let done = CancellationToken::new();
+                let (tx, rx) = mpsc::channel(256);
+                let relay = tokio::spawn(hand_over(input, tx, handed.clone(), done.clone()));
+                let end = control::run_remote(stream, Request::Call(req), Some(rx)).await;
+                done.cancel();
+                let eof = relay.await.unwrap_or(false);
+                match end {
+                    control::RemoteEnd::Exit(code) => Ok(exit_code(code)),
+                    control::RemoteEnd::Lost { stored, holder } => {
+                        let mut handed = handed.lock().map(|v| v.clone()).unwrap_or_default();
+                        for (h, id) in handed.iter_mut().zip(&stored) {
+                            h.seq = seq_of(id);
+                        }
+                        let states =
+                            lost::settle(ctx, &home, &contact, from, holder, &handed).await;
+                        Ok(call_lost(&contact, json, &states, eof, interactive))
+                    }
+                }
+            }
         }
-    })
+    });
+    rt.shutdown_timeout(Duration::from_secs(5));
+    drop(held);
+    result
 }
 
-async fn interrupted() {
+/// Registers SIGINT and SIGTERM at once (from here on they stop the command cleanly instead
+/// of killing it) and returns a future that completes on either. Call it before telling
+/// anyone the command is up: a signal sent on seeing `listening` must not kill the process.
+fn interrupted() -> impl std::future::Future<Output = ()> {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut int), Ok(mut term)) = (
+    let signals = (
         signal(SignalKind::interrupt()),
         signal(SignalKind::terminate()),
-    ) else {
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = int.recv() => {},
-        _ = term.recv() => {},
+    );
+    async move {
+        let (Ok(mut int), Ok(mut term)) = signals else {
+            return std::future::pending().await;
+        };
+        tokio::select! {
+            _ = int.recv() => {},
+            _ = term.recv() => {},
+        }
     }
 }
 
@@ -891,6 +1164,7 @@ pub fn listen(ctx: &Ctx, a: ListenArgs) -> CmdResult {
         let db = ctx.open_store(&home)?;
         let node = Node::start(db, home.db_path(), secrets, NodeOptions::default())
             .ctx("starting the node")?;
+        let stop = interrupted();
         let addr = match a.bind {
             Some(bind) => match node.listen(bind).await {
                 Ok(a) => Some(a),
@@ -934,7 +1208,6 @@ pub fn listen(ctx: &Ctx, a: ListenArgs) -> CmdResult {
             errln!("warning: cannot resume pending deliveries: {e}");
         }
         let mut out = Local;
-        let stop = interrupted();
         tokio::pin!(stop);
         loop {
             tokio::select! {
@@ -960,6 +1233,9 @@ pub fn listen(ctx: &Ctx, a: ListenArgs) -> CmdResult {
         drop(control);
         Ok(Code::Ok)
     });
+    // the home is let go only once no task of this process can write to it: a client whose
+    // command this listener carried reads the home after that to tell what became of it
+    rt.shutdown_timeout(Duration::from_secs(5));
     drop(lock);
     code
 }

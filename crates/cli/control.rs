@@ -6,7 +6,7 @@
 //! client prints exactly those lines and exits with that code, so a command behaves the same
 //! whether it ran alone or through `listen`.
 
-use crate::cmd_line::{CallReq, SendReq, call_logic, send_logic};
+use crate::cmd_line::{CallInput, CallReq, SendReq, call_logic, send_logic};
 use crate::output::{Line, Remote};
 use liaison_node::node::Node;
 use serde::{Deserialize, Serialize};
@@ -30,6 +30,10 @@ pub enum Request {
     Input {
         /// The line.
         line: String,
+        /// The commitment salt the client chose for it (hex), so that it can find the message
+        /// in the home if the listener stops before saying it stored it.
+        #[serde(default)]
+        salt: Option<String>,
     },
     /// stdin ended.
     Eof,
@@ -57,7 +61,8 @@ pub enum Reply {
         /// The line.
         line: String,
     },
-    /// Not printed: the message is stored under `id` (`contact:seq`).
+    /// Not printed: the message is stored under `id` (`contact:seq`). A `call` gets one for
+    /// each input line, in order.
     Stored {
         /// The message's id.
         id: String,
@@ -156,13 +161,17 @@ pub async fn serve_connection(node: Node, stream: UnixStream) {
     let code = match req {
         Request::Send(s) => send_logic(&node, s, &mut out).await,
         Request::Call(c) => {
-            let (itx, irx) = mpsc::channel::<Option<String>>(256);
+            let (itx, irx) = mpsc::channel::<Option<CallInput>>(256);
             let pump = tokio::spawn(async move {
                 loop {
                     match read_line(&mut rd).await {
                         Ok(Some(l)) => match serde_json::from_str::<Request>(&l) {
-                            Ok(Request::Input { line }) => {
-                                if itx.send(Some(line)).await.is_err() {
+                            Ok(Request::Input { line, salt }) => {
+                                let input = CallInput {
+                                    text: line,
+                                    salt: salt.as_deref().and_then(crate::lost::parse_salt),
+                                };
+                                if itx.send(Some(input)).await.is_err() {
                                     break;
                                 }
                             }
@@ -178,7 +187,10 @@ pub async fn serve_connection(node: Node, stream: UnixStream) {
                     }
                 }
             });
-            let code = call_logic(&node, c, irx, &mut out).await;
+            // a listener shutting down ends the call the way its end of input would, reporting
+            // what became of each line
+            let stop = node.shutdown_token();
+            let code = call_logic(&node, c, irx, stop, &mut out).await;
             pump.abort();
             code
         }
@@ -215,23 +227,31 @@ pub async fn serve_connection(node: Node, stream: UnixStream) {
     }
 }
 
-/// Runs a request through a running `listen`; returns the exit code it reported. `input`
-/// lines (for `call`) are forwarded as they come.
+/// Runs a request through a running `listen` on `stream` (connected to its control socket);
+/// returns the exit code it reported. `input` requests (`input` lines and `eof`, for `call`)
+/// are forwarded as they come. A listener that goes away before it answered, even before it
+/// read the request, is [`RemoteEnd::Lost`].
 pub async fn run_remote(
-    socket: &Path,
+    stream: UnixStream,
     req: Request,
-    input: Option<mpsc::Receiver<Option<String>>>,
-) -> std::io::Result<RemoteEnd> {
-    let stream = liaison_node::control::connect(socket).await?;
+    input: Option<mpsc::Receiver<Request>>,
+) -> RemoteEnd {
+    // the process that serves us: if it stops, its client waits until it let go of the home
+    let holder = stream
+        .peer_cred()
+        .ok()
+        .and_then(|c| c.pid())
+        .and_then(|p| u32::try_from(p).ok());
     let (rd, mut wr) = stream.into_split();
-    write_json(&mut wr, &req).await?;
+    if write_json(&mut wr, &req).await.is_err() {
+        return RemoteEnd::Lost {
+            stored: Vec::new(),
+            holder,
+        };
+    }
     let fwd = input.map(|mut input| {
         tokio::spawn(async move {
-            while let Some(item) = input.recv().await {
-                let msg = match item {
-                    Some(line) => Request::Input { line },
-                    None => Request::Eof,
-                };
+            while let Some(msg) = input.recv().await {
                 let eof = matches!(msg, Request::Eof);
                 if write_json(&mut wr, &msg).await.is_err() || eof {
                     break;
@@ -240,8 +260,8 @@ pub async fn run_remote(
         })
     });
     let mut rd = BufReader::new(rd);
-    let mut end = RemoteEnd::Lost { stored: None };
-    let mut stored = None;
+    let mut end = None;
+    let mut stored = Vec::new();
     loop {
         let line = match read_line(&mut rd).await {
             Ok(Some(l)) => l,
@@ -251,9 +271,9 @@ pub async fn run_remote(
         match serde_json::from_str::<Reply>(&line) {
             Ok(Reply::Out { line }) => outln!("{line}"),
             Ok(Reply::Err { line }) => errln!("{line}"),
-            Ok(Reply::Stored { id }) => stored = Some(id),
+            Ok(Reply::Stored { id }) => stored.push(id),
             Ok(Reply::Exit { code: c }) => {
-                end = RemoteEnd::Exit(c);
+                end = Some(c);
                 break;
             }
             Err(e) => {
@@ -265,10 +285,10 @@ pub async fn run_remote(
     if let Some(f) = fwd {
         f.abort();
     }
-    if let RemoteEnd::Lost { stored: s } = &mut end {
-        *s = stored;
+    match end {
+        Some(code) => RemoteEnd::Exit(code),
+        None => RemoteEnd::Lost { stored, holder },
     }
-    Ok(end)
 }
 
 /// How a command run through a listener ended.
@@ -276,10 +296,12 @@ pub async fn run_remote(
 pub enum RemoteEnd {
     /// The listener ran it to the end with this exit code.
     Exit(u8),
-    /// The listener went away first; `stored` is the message's id if it was stored.
+    /// The listener went away first.
     Lost {
-        /// `contact:seq` of the stored message.
-        stored: Option<String>,
+        /// `contact:seq` of each message it said it stored, in order.
+        stored: Vec<String>,
+        /// The listener's pid, if known.
+        holder: Option<u32>,
     },
 }
 

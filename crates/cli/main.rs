@@ -19,6 +19,7 @@ mod control;
 mod ctx;
 mod demo;
 mod exit;
+mod lost;
 mod output;
 
 use clap::{Args, Parser, Subcommand};
@@ -59,8 +60,11 @@ pub struct GlobalArgs {
     /// directory (~/.local/share/liaison).
     #[arg(long, global = true, env = "LIAISON_HOME", value_name = "DIR")]
     pub home: Option<PathBuf>,
-    /// Read the passphrase from this file (first line). Otherwise env LIAISON_PASSPHRASE, or a
-    /// prompt on the terminal.
+    /// Read the passphrase from this file (its first line; keep it mode 0600, or use a pipe:
+    /// `--passphrase-file <(pass show liaison)`). Otherwise env LIAISON_PASSPHRASE, or a
+    /// prompt on the terminal. Prefer this file to LIAISON_PASSPHRASE: the variable stays in
+    /// the environment of this process and of every process started with that environment,
+    /// where the same user can read it (/proc/PID/environ).
     #[arg(long, global = true, value_name = "FILE")]
     pub passphrase_file: Option<PathBuf>,
     /// Print one JSON document (or one JSON object per line for streams) instead of text.

@@ -152,7 +152,9 @@ fn checksum(big_endian: bool, data: &[u8], mut s: (u32, u32)) -> (u32, u32) {
     for pair in data.chunks_exact(8) {
         let word = |i: usize| {
             let mut w = [0u8; 4];
-            w.copy_from_slice(&pair[i..i + 4]);
+            if let Some(b) = pair.get(i..i + 4) {
+                w.copy_from_slice(b);
+            }
             if big_endian {
                 u32::from_be_bytes(w)
             } else {
@@ -228,8 +230,12 @@ pub fn check_wal(db: &Path) -> Result<WalReport, Damage> {
         let commit = be32(&buf, 4) != 0;
         match bad {
             None => {
-                let next = checksum(big_endian, &buf[..8], sum);
-                let next = checksum(big_endian, &buf[FRAME_HEADER as usize..], next);
+                let next = checksum(big_endian, buf.get(..8).unwrap_or_default(), sum);
+                let next = checksum(
+                    big_endian,
+                    buf.get(FRAME_HEADER as usize..).unwrap_or_default(),
+                    next,
+                );
                 if !ours {
                     // stale frames of an earlier log: SQLite stops here, nothing is lost
                     break;
@@ -274,7 +280,7 @@ pub fn quick_check(conn: &rusqlite::Connection) -> Result<(), Damage> {
         .query_map([], |r| r.get::<_, String>(0))
         .and_then(|rows| rows.collect())
         .map_err(|e| Damage::Pages(e.to_string()))?;
-    if rows.len() == 1 && rows[0] == "ok" {
+    if rows.len() == 1 && rows.first().is_some_and(|r| r == "ok") {
         Ok(())
     } else {
         Err(Damage::Pages(rows.join("; ")))
@@ -329,8 +335,12 @@ fn intact_len(db: &Path) -> std::io::Result<u64> {
     let mut committed = WAL_HEADER;
     let mut at = WAL_HEADER;
     while f.read_exact(&mut buf).is_ok() {
-        let next = checksum(big_endian, &buf[..8], sum);
-        let next = checksum(big_endian, &buf[FRAME_HEADER as usize..], next);
+        let next = checksum(big_endian, buf.get(..8).unwrap_or_default(), sum);
+        let next = checksum(
+            big_endian,
+            buf.get(FRAME_HEADER as usize..).unwrap_or_default(),
+            next,
+        );
         if (be32(&buf, 8), be32(&buf, 12)) != salts || next != (be32(&buf, 16), be32(&buf, 20)) {
             break;
         }
@@ -344,7 +354,7 @@ fn intact_len(db: &Path) -> std::io::Result<u64> {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used, clippy::indexing_slicing)]
+#[allow(clippy::unwrap_used, clippy::indexing_slicing, clippy::panic)]
 mod tests {
     use super::*;
     use rusqlite::Connection;
