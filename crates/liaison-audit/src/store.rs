@@ -190,28 +190,42 @@ CREATE TABLE IF NOT EXISTS audit_receipts (
 /// database file, so creating that 0600 keeps every file of the store private; files left
 /// wider by an older version are narrowed. Call before opening the database.
 pub fn make_db_private(path: &Path) -> std::io::Result<()> {
+    // Only paths, never a descriptor of an existing file: closing any descriptor of a
+    // database file drops every POSIX lock this process holds on it, so a connection already
+    // open here would lose its locks and another process could checkpoint and delete the
+    // write-ahead log under it.
     use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-    let f = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .mode(0o600)
-        .open(path)?;
-    narrow(&f)?;
-    for suffix in ["-wal", "-shm"] {
-        let mut side = path.as_os_str().to_owned();
-        side.push(suffix);
-        match std::fs::File::open(std::path::PathBuf::from(side)) {
-            Ok(f) => narrow(&f)?,
+    match std::fs::symlink_metadata(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            // a new file: nobody holds it open yet
+            match std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(path)
+            {
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Err(e) => return Err(e),
+        Ok(_) => {}
+    }
+    for suffix in ["", "-wal", "-shm"] {
+        let mut p = path.as_os_str().to_owned();
+        p.push(suffix);
+        let p = std::path::PathBuf::from(p);
+        match std::fs::metadata(&p) {
+            Ok(m) => {
+                let mode = m.permissions().mode();
+                if mode & 0o077 != 0 {
+                    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode & 0o700))?;
+                }
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(e),
         }
-    }
-    fn narrow(f: &std::fs::File) -> std::io::Result<()> {
-        let mode = f.metadata()?.permissions().mode();
-        if mode & 0o077 != 0 {
-            f.set_permissions(std::fs::Permissions::from_mode(mode & 0o700))?;
-        }
-        Ok(())
     }
     Ok(())
 }

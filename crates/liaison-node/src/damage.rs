@@ -18,6 +18,34 @@
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+/// Stores this process has opened with SQLite. Their files are not read again by the checks
+/// here: closing any descriptor of a database file drops every POSIX lock the process holds
+/// on it, so another process could then checkpoint and delete the write-ahead log under the
+/// open connection (and its later commits would be lost to every other reader).
+static IN_USE: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+
+fn key(path: &Path) -> PathBuf {
+    std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf())
+}
+
+/// Records that this process opens the store at `path` with SQLite (see [`IN_USE`]).
+pub(crate) fn note_open(path: &Path) {
+    let k = key(path);
+    if let Ok(mut v) = IN_USE.lock()
+        && !v.contains(&k)
+    {
+        v.push(k);
+    }
+}
+
+/// Whether this process has the store at `path` open: its files were checked then, and are
+/// not read again.
+pub fn in_use(path: &Path) -> bool {
+    let k = key(path);
+    IN_USE.lock().map(|v| v.contains(&k)).unwrap_or(true)
+}
 
 /// What is wrong with a store's files.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -98,6 +126,9 @@ pub fn wal_path(db: &Path) -> PathBuf {
 /// Checks the database file's header and, when no write-ahead log holds committed frames
 /// (a log can hold pages past the file's end while a checkpoint is under way), its length.
 pub fn check_db_file(path: &Path) -> Result<(), Damage> {
+    if in_use(path) {
+        return Ok(());
+    }
     let wal_holds_pages = std::fs::metadata(wal_path(path)).is_ok_and(|m| m.len() > WAL_HEADER);
     check_db_file_with(path, wal_holds_pages)
 }
@@ -180,6 +211,9 @@ pub struct WalReport {
 
 /// Checks the write-ahead log beside `db`, if there is one.
 pub fn check_wal(db: &Path) -> Result<WalReport, Damage> {
+    if in_use(db) {
+        return Ok(WalReport::default());
+    }
     let path = wal_path(db);
     let mut f = match std::fs::File::open(&path) {
         Ok(f) => f,
@@ -266,6 +300,9 @@ pub fn check_wal(db: &Path) -> Result<WalReport, Damage> {
 
 /// Both file checks of the store at `db`.
 pub fn check_files(db: &Path) -> Result<(), Damage> {
+    if in_use(db) {
+        return Ok(());
+    }
     // a damaged log is reported first: it is what a repair can address
     let wal = check_wal(db)?;
     check_db_file_with(db, wal.committed_frames > 0)

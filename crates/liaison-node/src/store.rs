@@ -186,6 +186,7 @@ fn open_inner(path: &Path, new: bool) -> Result<Db, DbError> {
             path.display()
         ))
     })?;
+    crate::damage::note_open(path);
     let conn = Connection::open(path)?;
     if !new {
         crate::damage::quick_check(&conn).map_err(DbError::Damaged)?;
@@ -253,6 +254,7 @@ fn open_inner(path: &Path, new: bool) -> Result<Db, DbError> {
 
 /// Opens the store read-only (for commands that only look).
 pub fn open_read_only(path: &Path) -> Result<Connection, DbError> {
+    crate::damage::note_open(path);
     let conn = Connection::open_with_flags(
         path,
         OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
