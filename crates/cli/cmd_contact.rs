@@ -100,6 +100,26 @@ pub struct VerifyArgs {
     /// You compared the number with your partner and it matches: mark the contact verified.
     #[arg(long)]
     pub confirm: bool,
+    /// Also show the safety number as a QR code made of block characters, for a partner in
+    /// the same room to scan and compare (it encodes `LIAISON-SAFETY-NUMBER:` and the 60
+    /// digits; nothing secret).
+    #[arg(long)]
+    pub qr: bool,
+}
+
+/// The safety number as a QR code for a terminal (two rows of modules per line, light on
+/// dark, with the quiet zone a scanner needs).
+pub fn safety_qr(number: &str) -> Result<String, Failure> {
+    use qrcode::render::unicode::Dense1x2;
+    let digits: String = number.chars().filter(char::is_ascii_digit).collect();
+    let code = qrcode::QrCode::new(format!("LIAISON-SAFETY-NUMBER:{digits}"))
+        .map_err(|e| runtime(format!("cannot make the QR code: {e}")))?;
+    Ok(code
+        .render::<Dense1x2>()
+        .dark_color(Dense1x2::Light)
+        .light_color(Dense1x2::Dark)
+        .quiet_zone(true)
+        .build())
 }
 
 /// Dispatches `contact …`.
@@ -454,13 +474,25 @@ pub fn verify(ctx: &Ctx, a: VerifyArgs) -> CmdResult {
         .ctx("marking verified")?;
         verified = true;
     }
+    let qr = if a.qr {
+        Some(safety_qr(&number)?)
+    } else {
+        None
+    };
     if ctx.json {
-        print_json(&serde_json::json!({
+        let mut v = serde_json::json!({
             "contact": a.name, "safety_number": number, "verified": verified,
-        }));
+        });
+        if let (Some(q), Some(obj)) = (&qr, v.as_object_mut()) {
+            obj.insert("qr".into(), serde_json::Value::String(q.clone()));
+        }
+        print_json(&v);
     } else {
         outln!("safety number with {}:", a.name);
         outln!("{number}");
+        if let Some(q) = &qr {
+            outln!("{q}");
+        }
         if a.confirm {
             outln!("{} is now marked verified", a.name);
         } else if verified {

@@ -111,6 +111,12 @@ enum Command {
     /// Check the home's message store for damage; with --accept-loss, repair a damaged
     /// write-ahead log.
     Repair(cmd_repair::RepairArgs),
+    /// Print a shell completion script (e.g. `liaison completions bash >
+    /// ~/.local/share/bash-completion/completions/liaison`).
+    Completions {
+        /// bash, zsh, fish, elvish or powershell.
+        shell: clap_complete::Shell,
+    },
 }
 
 fn init_tracing(verbose: u8) {
@@ -159,6 +165,17 @@ fn main() -> ExitCode {
         Command::Audit(c) => cmd_audit::run(&ctx, c),
         Command::Demo(a) => demo::run(&ctx, a),
         Command::Repair(a) => cmd_repair::repair(&ctx, a),
+        Command::Completions { shell } => {
+            let mut buf = Vec::new();
+            clap_complete::generate(
+                shell,
+                &mut <Cli as clap::CommandFactory>::command(),
+                "liaison",
+                &mut buf,
+            );
+            outln!("{}", String::from_utf8_lossy(&buf).trim_end_matches('\n'));
+            Ok(exit::Code::Ok)
+        }
     };
     match result {
         Ok(code) => code.into(),

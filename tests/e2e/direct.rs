@@ -318,3 +318,60 @@ fn a_running_call_serves_status_and_sends() {
     assert!(!alice.home.join("control.sock").exists());
     assert_eq!(l.terminate(), Some(0));
 }
+
+/// `liaison completions SHELL` prints a completion script naming the commands, for each shell;
+/// an unknown shell is a usage error.
+#[test]
+fn completions_are_printed_for_each_shell() {
+    let alice = Node::new("alice");
+    for (shell, marker) in [
+        ("bash", "complete -F _liaison"),
+        ("zsh", "#compdef liaison"),
+        ("fish", "complete -c liaison"),
+    ] {
+        let out = alice.run(&["completions", shell]);
+        assert_ok(&out, shell);
+        let text = stdout(&out);
+        assert!(text.contains(marker), "{shell}: no {marker:?}");
+        for cmd in ["listen", "send", "repair", "audit"] {
+            assert!(text.contains(cmd), "{shell} script lacks {cmd}");
+        }
+    }
+    assert_code(&alice.run(&["completions", "tcsh"]), 2, "unknown shell");
+}
+
+/// `liaison verify NAME --qr` shows the safety number and a QR code of block characters that
+/// encodes it; both sides' codes are the same picture (the number is symmetric).
+#[test]
+fn verify_qr_shows_the_safety_number_as_a_block_qr_code() {
+    let alice = Node::new("alice");
+    let bob = Node::new("bob");
+    alice.pin(&bob, None);
+    bob.pin(&alice, None);
+    let qr = |n: &Node, peer: &str| {
+        let out = n.run(&["verify", peer, "--qr", "--json"]);
+        assert_ok(&out, "verify --qr");
+        json(&out)["qr"].as_str().expect("qr").to_string()
+    };
+    let (a, b) = (qr(&alice, "bob"), qr(&bob, "alice"));
+    assert_eq!(a, b, "both parties see the same code");
+    let lines: Vec<&str> = a.lines().collect();
+    assert!(
+        lines.len() >= 12,
+        "a QR code of some size: {} lines",
+        lines.len()
+    );
+    assert!(
+        a.chars()
+            .all(|c| matches!(c, ' ' | '\n' | '\u{2580}' | '\u{2584}' | '\u{2588}')),
+        "block characters only"
+    );
+    let width = lines[0].chars().count();
+    assert!(
+        lines.iter().all(|l| l.chars().count() == width),
+        "a square grid"
+    );
+    let out = alice.run(&["verify", "bob", "--qr"]);
+    assert_ok(&out, "verify --qr (text)");
+    assert!(stdout(&out).contains('\u{2588}'), "{}", stdout(&out));
+}
