@@ -1,6 +1,6 @@
 //! Writing to stdout and stderr. `println!` panics when the stream is gone (a closed pipe:
 //! `liaison --json id | head -c0`), which printed a backtrace and exited 101. Every line this
-//! binary prints goes through [`outln!`] or [`errln!`] instead: when the reader of
+//! binary prints goes through `outln!` or `errln!` instead: when the reader of
 //! stdout or stderr has gone away, the process exits quietly with status 141, what a shell
 //! reports for a command ended by `SIGPIPE` (Rust ignores that signal, so the write fails
 //! instead). Whatever the command stored before is kept: every store is durable before it is

@@ -3,7 +3,7 @@
 //! block a line task and every line group-commits together at most every [`COMMIT_EVERY`].
 //!
 //! Ordering rules the node follows (docs/audit.md):
-//! - a received message's `msg_recv` entry is durable ([`Audit::persist`]) before the message
+//! - a received message's `msg_recv` entry is durable (`Audit::persist`) before the message
 //!   is stored and acknowledged, and a sent message's `msg_sent` before the message leaves;
 //!   after a crash the same entry may be written again, which the checker accepts (same seq,
 //!   same commitment);

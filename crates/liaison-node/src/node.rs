@@ -843,7 +843,7 @@ impl Node {
     /// Writes messages to the outbox (one transaction), logs them (`msg_sent`, durable) and
     /// hands them to the line. If the audit log cannot record them they stay in the outbox,
     /// the line stops (so nothing leaves or is acknowledged unlogged) and the error says so;
-    /// they are logged and sent when a line to the contact next starts (see [`Audit::open`]).
+    /// they are logged and sent when a line to the contact next starts (see `Audit::open`).
     pub async fn submit(
         &self,
         contact: &str,

@@ -7,7 +7,7 @@
 //!   mailbox keys, safety numbers, pairing secrets.
 //! - [`handshake`]: `Noise_KKpsk2_25519_ChaChaPoly_SHA256` with the ML-KEM-768 hybrid psk.
 //! - [`session`]: stateless transport with explicit nonces and a replay window.
-//! - [`line`]: per-contact session management (indices, confirmation, selection,
+//! - [`line`](mod@line): per-contact session management (indices, confirmation, selection,
 //!   simultaneous initiation, WireGuard timers, handshake replay protection).
 //! - [`delivery`]: sequence numbers, cumulative acks, retransmission, fragmentation.
 //! - [`conn`]: the line engine — one object per line owning sessions, delivery, envelopes,

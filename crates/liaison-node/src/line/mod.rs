@@ -4,9 +4,9 @@
 //! decision.
 //!
 //! - `mod.rs` (this file): the inputs and the select loop;
-//! - [`hops`]: dialing the contact's address with backoff, relay registration;
-//! - [`persist`]: what each engine event does to the store (and in which order);
-//! - [`calls`]: the engine's audit records and anomalies into the audit log and user events.
+//! - `hops`: dialing the contact's address with backoff, relay registration;
+//! - `persist`: what each engine event does to the store (and in which order);
+//! - `calls`: the engine's audit records and anomalies into the audit log and user events.
 //!
 //! The engine enforces the order of effects (store before ACK, handshake timestamps durable
 //! before the handshake message, delivered only after the commit); this shell answers each
