@@ -44,6 +44,23 @@ impl Node {
         c
     }
 
+    /// `liaison ARGS…` on this home, like [`Node::cmd`], under a 2 GiB address-space limit
+    /// (through `sh -c ulimit`), for commands that must not grow without bound.
+    pub fn cmd_memory_bounded(&self, args: &[&str]) -> Command {
+        let mut c = Command::new("sh");
+        c.arg("-c")
+            .arg("ulimit -v 2097152; exec \"$@\"")
+            .arg("sh")
+            .arg(BIN)
+            .arg("--home")
+            .arg(&self.home)
+            .args(args)
+            .env("LIAISON_PASSPHRASE", PASS)
+            .env_remove("LIAISON_HOME")
+            .env_remove("RUST_LOG");
+        c
+    }
+
     /// Runs to completion (bounded), stdin closed.
     pub fn run(&self, args: &[&str]) -> Output {
         self.run_with(self.cmd(args), None)

@@ -11,18 +11,8 @@ use std::time::{Duration, Instant};
 /// Starts `liaison ARGS…` on `node`'s home with a writable stdin, under a 2 GiB address-space
 /// limit (the commands under test here; the harness bounds the time).
 fn spawn_bounded(node: &Node, args: &[&str]) -> Running {
-    let mut c = std::process::Command::new("sh");
-    c.arg("-c")
-        .arg("ulimit -v 2097152; exec \"$@\"")
-        .arg("sh")
-        .arg(BIN)
-        .arg("--home")
-        .arg(&node.home)
-        .args(args)
-        .env("LIAISON_PASSPHRASE", PASS)
-        .env_remove("LIAISON_HOME")
-        .env_remove("RUST_LOG")
-        .stdin(Stdio::piped())
+    let mut c = node.cmd_memory_bounded(args);
+    c.stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     let mut child = c.spawn().expect("spawn liaison");

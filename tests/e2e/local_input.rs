@@ -64,18 +64,8 @@ fn a_closed_stdout_ends_a_command_quietly() {
 /// Runs `args` under a 2 GiB address-space limit and a time bound: (code, stderr). Without
 /// a bound on the read, the old code grew until the limit stopped it.
 fn run_bounded(node: &Node, args: &[&str]) -> (Option<i32>, String) {
-    let mut c = std::process::Command::new("sh");
-    c.arg("-c")
-        .arg("ulimit -v 2097152; exec \"$@\"")
-        .arg("sh")
-        .arg(BIN)
-        .arg("--home")
-        .arg(&node.home)
-        .args(args)
-        .env("LIAISON_PASSPHRASE", PASS)
-        .env_remove("LIAISON_HOME")
-        .env_remove("RUST_LOG")
-        .stdin(Stdio::null())
+    let mut c = node.cmd_memory_bounded(args);
+    c.stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
     let mut child = c.spawn().expect("spawn sh");

@@ -8,91 +8,14 @@
     clippy::panic
 )]
 
+mod common;
+
+use common::{TestNode, make, pin, text};
 use ed25519_dalek::VerifyingKey;
 use liaison_audit::AuditReader;
-use liaison_node::node::{Node, NodeError, NodeEvent, NodeOptions};
-use liaison_node::secrets::NodeSecrets;
-use liaison_node::store::{self, NewContact};
-use liaison_proto::identity::Identity;
-use liaison_wire::frame::{MSG_KIND_TEXT, MessageContent};
-use std::path::PathBuf;
+use liaison_node::node::{NodeError, NodeEvent};
 use std::time::{Duration, Instant};
 use tokio::sync::broadcast::Receiver;
-
-struct TestNode {
-    node: Node,
-    dir: tempfile::TempDir,
-    card: Vec<u8>,
-    id: [u8; 32],
-    noise: [u8; 32],
-    hop: [u8; 32],
-}
-
-impl TestNode {
-    fn db(&self) -> PathBuf {
-        self.dir.path().join("node.db")
-    }
-
-    /// Stops the node and starts it again on the same home (its listener is not restarted).
-    async fn restart(&mut self) {
-        self.node.shutdown().await;
-        let secrets = NodeSecrets::load(&self.dir.path().join("keys"), None).unwrap();
-        let path = self.dir.path().join("node.db");
-        let db = store::open(&path).unwrap();
-        self.node = Node::start(db, path, secrets, NodeOptions::default()).unwrap();
-    }
-}
-
-fn make(name: &str) -> TestNode {
-    let dir = tempfile::tempdir().unwrap();
-    let identity = Identity::generate(name, 1_800_000_000).unwrap();
-    let card = identity.card().unwrap().to_bytes();
-    let (id, noise, hop) = (
-        identity.identity_public(),
-        identity.noise_public(),
-        identity.hop_public(),
-    );
-    let secrets = NodeSecrets::new(identity).unwrap();
-    secrets.save(&dir.path().join("keys"), None).unwrap();
-    let path = dir.path().join("node.db");
-    let db = store::create(&path).unwrap();
-    let node = Node::start(db, path, secrets, NodeOptions::default()).unwrap();
-    TestNode {
-        node,
-        dir,
-        card,
-        id,
-        noise,
-        hop,
-    }
-}
-
-async fn pin(a: &TestNode, name: &str, b: &TestNode, addr: Option<String>) {
-    let c = NewContact {
-        name: name.into(),
-        card: b.card.clone(),
-        identity: b.id,
-        noise: b.noise,
-        hop: b.hop,
-        addr,
-        relay: None,
-    };
-    a.node
-        .db()
-        .write(move |conn| store::add_contact(conn, &c, 1, false))
-        .await
-        .unwrap();
-}
-
-fn text(s: &str) -> MessageContent {
-    MessageContent {
-        kind: MSG_KIND_TEXT,
-        sent_at_ms: 1,
-        salt: [9; 32],
-        name: None,
-        body: s.as_bytes().to_vec(),
-    }
-}
 
 /// The texts of messages that arrive within `within`.
 async fn messages(rx: &mut Receiver<NodeEvent>, within: Duration) -> Vec<String> {

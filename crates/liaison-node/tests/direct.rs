@@ -6,79 +6,11 @@
     clippy::panic
 )]
 
-use liaison_node::node::{Node, NodeAdmission, NodeEvent, NodeOptions};
-use liaison_node::secrets::NodeSecrets;
-use liaison_node::store::{self, NewContact};
-use liaison_proto::identity::Identity;
-use liaison_wire::frame::{MSG_KIND_TEXT, MessageContent};
+mod common;
+
+use common::{make, make_with, pin, text};
+use liaison_node::node::{NodeAdmission, NodeEvent, NodeOptions};
 use std::time::Duration;
-
-struct TestNode {
-    node: Node,
-    _dir: tempfile::TempDir,
-    card: Vec<u8>,
-    id: [u8; 32],
-    noise: [u8; 32],
-    hop: [u8; 32],
-    /// The node's direct hop key, for tests that dial by hand as this node.
-    hop_key: liaison_hop::HopKey,
-}
-
-async fn make(name: &str) -> TestNode {
-    make_with(name, NodeOptions::default()).await
-}
-
-async fn make_with(name: &str, options: NodeOptions) -> TestNode {
-    let dir = tempfile::tempdir().unwrap();
-    let identity = Identity::generate(name, 1_800_000_000).unwrap();
-    let card = identity.card().unwrap().to_bytes();
-    let (id, noise, hop) = (
-        identity.identity_public(),
-        identity.noise_public(),
-        identity.hop_public(),
-    );
-    let hop_key = liaison_hop::HopKey::from_seed(identity.hop_seed());
-    let secrets = NodeSecrets::new(identity).unwrap();
-    let path = dir.path().join("node.db");
-    let db = store::create(&path).unwrap();
-    let node = Node::start(db, path, secrets, options).unwrap();
-    TestNode {
-        node,
-        _dir: dir,
-        card,
-        id,
-        noise,
-        hop,
-        hop_key,
-    }
-}
-
-async fn pin(a: &TestNode, name: &str, b: &TestNode, addr: Option<String>) {
-    let c = NewContact {
-        name: name.into(),
-        card: b.card.clone(),
-        identity: b.id,
-        noise: b.noise,
-        hop: b.hop,
-        addr,
-        relay: None,
-    };
-    a.node
-        .db()
-        .write(move |conn| store::add_contact(conn, &c, 1, false))
-        .await
-        .unwrap();
-}
-
-fn text(s: &str) -> MessageContent {
-    MessageContent {
-        kind: MSG_KIND_TEXT,
-        sent_at_ms: 1,
-        salt: [7; 32],
-        name: None,
-        body: s.as_bytes().to_vec(),
-    }
-}
 
 async fn next_message(rx: &mut tokio::sync::broadcast::Receiver<NodeEvent>) -> NodeEvent {
     loop {
@@ -94,8 +26,8 @@ async fn next_message(rx: &mut tokio::sync::broadcast::Receiver<NodeEvent>) -> N
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn messages_both_ways_over_real_quic() {
-    let alice = make("alice").await;
-    let bob = make("bob").await;
+    let alice = make("alice");
+    let bob = make("bob");
     let addr = bob
         .node
         .listen("127.0.0.1:0".parse().unwrap())
@@ -154,8 +86,8 @@ async fn messages_both_ways_over_real_quic() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unpinned_caller_is_refused() {
-    let alice = make("alice").await;
-    let bob = make("bob").await;
+    let alice = make("alice");
+    let bob = make("bob");
     let addr = bob
         .node
         .listen("127.0.0.1:0".parse().unwrap())
@@ -189,8 +121,8 @@ async fn unpinned_caller_is_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_connection_flood_from_one_address_is_refused_and_a_contact_still_calls() {
     const FLOOD: usize = 128;
-    let alice = make("alice").await;
-    let bob = make("bob").await;
+    let alice = make("alice");
+    let bob = make("bob");
     let addr = bob
         .node
         .listen("127.0.0.1:0".parse().unwrap())
@@ -279,9 +211,9 @@ async fn connections_held_from_one_address_are_bounded() {
         },
         ..NodeOptions::default()
     };
-    let alice = make("alice").await;
-    let bob = make_with("bob", options).await;
-    let mallory = make("mallory").await;
+    let alice = make("alice");
+    let bob = make_with("bob", options);
+    let mallory = make("mallory");
     let addr = bob
         .node
         .listen("127.0.0.1:0".parse().unwrap())
