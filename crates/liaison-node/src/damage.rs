@@ -214,10 +214,21 @@ pub fn check_wal(db: &Path) -> Result<WalReport, Damage> {
     if in_use(db) {
         return Ok(WalReport::default());
     }
+    match scan_wal(db)? {
+        (_, Some(damage)) => Err(damage),
+        (report, None) => Ok(report),
+    }
+}
+
+/// Reads the log beside `db`: what SQLite replays, and the damage to a frame if any (the
+/// report then covers the intact part before it). A damaged header is the error.
+fn scan_wal(db: &Path) -> Result<(WalReport, Option<Damage>), Damage> {
     let path = wal_path(db);
     let mut f = match std::fs::File::open(&path) {
         Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(WalReport::default()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Ok((WalReport::default(), None));
+        }
         Err(e) => return Err(Damage::WalHeader(format!("cannot read it: {e}"))),
     };
     let len = f
@@ -225,7 +236,7 @@ pub fn check_wal(db: &Path) -> Result<WalReport, Damage> {
         .map_err(|e| Damage::WalHeader(format!("cannot read it: {e}")))?
         .len();
     if len == 0 {
-        return Ok(WalReport::default());
+        return Ok((WalReport::default(), None));
     }
     let mut h = [0u8; WAL_HEADER as usize];
     if len < WAL_HEADER || f.read_exact(&mut h).is_err() {
@@ -287,15 +298,16 @@ pub fn check_wal(db: &Path) -> Result<WalReport, Damage> {
             }
             Some(first) => {
                 if ours && commit {
-                    return Err(Damage::WalFrame {
+                    let damage = Damage::WalFrame {
                         frame: first,
                         valid: report.valid_frames,
-                    });
+                    };
+                    return Ok((report, Some(damage)));
                 }
             }
         }
     }
-    Ok(report)
+    Ok((report, None))
 }
 
 /// Both file checks of the store at `db`.
@@ -332,11 +344,7 @@ pub fn cut_wal(db: &Path, now_unix: u64) -> std::io::Result<PathBuf> {
     let mut keep = wal.as_os_str().to_owned();
     keep.push(format!(".damaged-{now_unix}"));
     let keep = PathBuf::from(keep);
-    let committed = match check_wal(db) {
-        Ok(r) => Some(r.committed_len),
-        Err(Damage::WalFrame { .. }) => Some(intact_len(db)?),
-        Err(_) => None,
-    };
+    let committed = scan_wal(db).ok().map(|(r, _)| r.committed_len);
     {
         use std::os::unix::fs::OpenOptionsExt;
         let mut from = std::fs::File::open(&wal)?;
@@ -357,37 +365,6 @@ pub fn cut_wal(db: &Path, now_unix: u64) -> std::io::Result<PathBuf> {
         _ => std::fs::remove_file(&wal)?,
     }
     Ok(keep)
-}
-
-/// Bytes of the intact committed prefix of a damaged log.
-fn intact_len(db: &Path) -> std::io::Result<u64> {
-    let mut f = std::fs::File::open(wal_path(db))?;
-    let mut h = [0u8; WAL_HEADER as usize];
-    f.read_exact(&mut h)?;
-    let big_endian = be32(&h, 0) == WAL_MAGIC_BE;
-    let page = u64::from(be32(&h, 8));
-    let salts = (be32(&h, 16), be32(&h, 20));
-    let mut sum = checksum(big_endian, &h[..24], (0, 0));
-    let mut buf = vec![0u8; usize::try_from(FRAME_HEADER + page).unwrap_or(usize::MAX)];
-    let mut committed = WAL_HEADER;
-    let mut at = WAL_HEADER;
-    while f.read_exact(&mut buf).is_ok() {
-        let next = checksum(big_endian, buf.get(..8).unwrap_or_default(), sum);
-        let next = checksum(
-            big_endian,
-            buf.get(FRAME_HEADER as usize..).unwrap_or_default(),
-            next,
-        );
-        if (be32(&buf, 8), be32(&buf, 12)) != salts || next != (be32(&buf, 16), be32(&buf, 20)) {
-            break;
-        }
-        sum = next;
-        at += FRAME_HEADER + page;
-        if be32(&buf, 4) != 0 {
-            committed = at;
-        }
-    }
-    Ok(committed)
 }
 
 #[cfg(test)]
